@@ -1,0 +1,36 @@
+"""`syncctl` entry point: argparse dispatch to the sub-command modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from syncctl import __version__
+from syncctl.cli import config_cmd, demo_cmd, docs_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="syncctl",
+        description="Irradiation synchronizer: beam gate and X-ray imaging under one interlock.",
+    )
+    parser.add_argument("--version", action="version", version=f"syncctl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    config_cmd.register(sub)
+    demo_cmd.register(sub)
+    docs_cmd.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = args.handler
+    result: int = handler(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

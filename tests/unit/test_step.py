@@ -1,0 +1,332 @@
+"""Scenario tests of the pure step against the scripted room."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from syncctl.core import (
+    NOT_READ,
+    BeamGateReading,
+    Command,
+    CommandKind,
+    DeviceAction,
+    EventKind,
+    GateCommand,
+    ImagingReading,
+    Mode,
+    Position,
+    Snapshot,
+    XrayCommand,
+    initial_state,
+    step,
+)
+from tests.unit.harness import PARAMS, Harness, with_beam_gate, with_imaging
+
+
+def trip_ids(h: Harness) -> list[str]:
+    return [rid for out in h.outputs for e in out.events if e.kind is EventKind.TRIP
+            for rid in e.rule_ids]
+
+
+def test_a_whole_fraction_completes_with_the_planned_dose() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.mode is Mode.COMPLETE, max_s=60)
+    planned = PARAMS.plans[0].planned_dose_mu
+    resolution_mu = 0.01  # the dose counter's count
+    assert planned - resolution_mu <= h.room.dose_mu <= planned + PARAMS.dose_tolerance_mu
+    assert h.last.gate is GateCommand.CLOSE
+    assert h.last.xray is XrayCommand.STOP
+    opened = [o for o in h.outputs if o.gate is GateCommand.OPEN]
+    assert opened, "the gate never opened"
+    # The gate opened more than once: gating followed the breathing target.
+    changes = sum(1 for a, b in zip(h.outputs, h.outputs[1:], strict=False) if a.gate != b.gate)
+    assert changes >= 3
+
+
+def test_offline_until_both_devices_are_read() -> None:
+    state = initial_state(PARAMS, 0.0)
+    state, out = step(state, NOT_READ, None, 0.001)
+    assert state.mode is Mode.OFFLINE
+    assert out.gate is GateCommand.CLOSE and out.xray is XrayCommand.STOP
+    assert {"IL-001", "IL-002"} <= set(out.beam_permit.denied_by)
+    assert {"IL-001", "IL-002"} <= set(out.xray_permit.denied_by)
+
+
+def test_select_plan_loads_the_hardware_dose_preset() -> None:
+    h = Harness()
+    h.run(0.05)
+    h.room.dose_mu = 12.5  # a device that has delivered earlier fractions since power-up
+    h.run(0.01)
+    out = h.tick(Command(CommandKind.SELECT_PLAN, "op", "lung-01"))
+    assert out.command_result is not None and out.command_result.accepted
+    assert out.device_actions == (DeviceAction.LOAD_DOSE_PRESET,)
+    assert out.dose_preset_mu == pytest.approx(12.5 + 3.0)
+
+
+@pytest.mark.parametrize(
+    ("kind", "mode_word"),
+    [(CommandKind.BEAM_ON, "SAFE"), (CommandKind.ARM, "SAFE"), (CommandKind.RESUME, "SAFE"),
+     (CommandKind.PAUSE, "SAFE"), (CommandKind.ABORT, "SAFE")],
+)
+def test_commands_outside_the_table_are_refused_with_a_reason(
+    kind: CommandKind, mode_word: str
+) -> None:
+    h = Harness()
+    h.run(0.05)
+    result = h.command(kind)
+    assert not result.accepted
+    assert mode_word in result.reason and kind.value in result.reason
+    assert h.mode is Mode.SAFE
+
+
+def test_unknown_plan_is_refused() -> None:
+    h = Harness()
+    h.run(0.05)
+    result = h.command(CommandKind.SELECT_PLAN, "no-such-plan")
+    assert not result.accepted and "unknown plan" in result.reason
+    result = h.command(CommandKind.SELECT_PLAN, None)
+    assert not result.accepted
+
+
+def test_arm_is_refused_until_imaging_tracks() -> None:
+    h = Harness()
+    h.run(0.05)
+    assert h.command(CommandKind.SELECT_PLAN, "lung-01").accepted
+    result = h.command(CommandKind.ARM)
+    assert not result.accepted
+    assert "IL-022" in result.reason  # imaging not requested
+    assert h.mode is Mode.SETUP
+
+
+FAULT_CASES = [
+    # (id, how, expected rule)
+    ("estop", lambda h: h.room.faults.add("estop"), "IL-005"),
+    ("door", lambda h: h.room.faults.add("door"), "IL-006"),
+    ("chain", lambda h: h.room.faults.add("chain"), "IL-007"),
+    ("beam-gate-lost", lambda h: h.room.faults.add("beam_gate_disconnect"), "IL-001"),
+    ("imaging-lost", lambda h: h.room.faults.add("imaging_disconnect"), "IL-002"),
+    ("dose-backwards", lambda h: setattr(h.room, "dose_mu", 0.0), "IL-003"),
+    ("confidence-nan", lambda h: setattr(h, "tamper", with_imaging(tracking_confidence=math.nan)),
+     "IL-004"),
+    ("bgc-watchdog", lambda h: setattr(h, "tamper", with_beam_gate(watchdog_tripped=True)),
+     "IL-008"),
+    ("xic-fault", lambda h: setattr(h, "tamper", with_imaging(fault_code=7)), "IL-009"),
+    ("bgc-heartbeat", lambda h: setattr(h, "tamper", with_beam_gate(heartbeat_echo=4321)),
+     "IL-012"),
+    ("xic-heartbeat", lambda h: setattr(h, "tamper", with_imaging(heartbeat_echo=4321)), "IL-013"),
+]
+
+
+@pytest.mark.parametrize(("how", "rule_id"), [c[1:] for c in FAULT_CASES],
+                         ids=[c[0] for c in FAULT_CASES])
+def test_a_fault_in_treating_trips_with_its_rule(how, rule_id: str) -> None:  # type: ignore[no-untyped-def]
+    h = Harness()
+    h.to_treating()
+    h.run(0.5)
+    how(h)
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=1.0), f"no trip for {rule_id}"
+    assert rule_id in trip_ids(h)
+    assert h.last.gate is GateCommand.CLOSE and h.last.xray is XrayCommand.STOP
+    assert rule_id in h.last.beam_permit.denied_by
+    assert any(a.rule_id == rule_id and a.latched for a in h.last.alarms)
+
+
+def test_estop_closes_the_gate_in_the_same_step() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    h.room.faults.add("estop")
+    out = h.tick()
+    assert out.gate is GateCommand.CLOSE and h.mode is Mode.FAULT
+
+
+def test_stuck_gate_trips_after_the_actuation_timeout() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN and x.room.gate_open, max_s=10)
+    h.room.faults.add("stuck_gate")
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=10)
+    assert "IL-010" in trip_ids(h)
+
+
+def test_uncommanded_xray_trips() -> None:
+    h = Harness()
+    h.run(0.05)
+    assert h.command(CommandKind.SELECT_PLAN, "lung-01").accepted
+    h.tamper = with_imaging(prepared=True, exposing=True)
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=1)
+    assert "IL-011" in trip_ids(h)
+
+
+def test_gating_interruption_holds_then_resumes_without_operator() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    h.room.faults.add("tracking_loss")
+    h.run(0.1)
+    assert h.last.gate is GateCommand.CLOSE and h.mode is Mode.TREATING
+    assert "IL-026" in h.last.beam_permit.denied_by
+    h.room.faults.discard("tracking_loss")
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    assert h.mode is Mode.TREATING
+
+
+def test_frozen_frames_close_the_gate_then_hold_too_long_terminates() -> None:
+    params = replace(PARAMS, max_hold_s=2.0)
+    h = Harness(params)
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    h.room.faults.add("frozen_frames")
+    h.run(0.12)
+    assert h.last.gate is GateCommand.CLOSE
+    assert "IL-025" in h.last.beam_permit.denied_by
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=3)
+    assert "IL-017" in trip_ids(h)
+
+
+def test_pause_and_resume() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.command(CommandKind.PAUSE).accepted
+    assert h.mode is Mode.HOLD and h.last.gate is GateCommand.CLOSE
+    h.run(0.2)
+    assert h.last.xray is XrayCommand.EXPOSE, "imaging keeps tracking during a hold"
+    assert h.command(CommandKind.RESUME).accepted
+    assert h.mode is Mode.TREATING
+
+
+def test_imaging_budget_exhausted_stops_xray_and_beam() -> None:
+    params = replace(PARAMS, imaging_budget_mas=2.0)
+    h = Harness(params)
+    h.to_treating()
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=5)
+    assert "IL-016" in trip_ids(h)
+    assert h.last.xray is XrayCommand.STOP and h.last.gate is GateCommand.CLOSE
+
+
+def test_overdose_trips_to_fault_not_complete() -> None:
+    h = Harness()
+    h.to_treating()
+    h.room.dose_mu += 3.2  # a jump past plan + tolerance
+    h.tick()
+    assert h.mode is Mode.FAULT
+    assert "IL-015" in trip_ids(h)
+
+
+def test_after_a_trip_only_ack_reset_select_arm_beam_on_reopen() -> None:
+    h = Harness()
+    h.to_treating()
+    h.room.faults.add("door")
+    h.tick()
+    assert h.mode is Mode.FAULT
+    h.room.faults.discard("door")
+    h.run(0.1)
+    assert h.last.gate is GateCommand.CLOSE
+    refused = h.command(CommandKind.RESET)
+    assert not refused.accepted and "acknowledge first" in refused.reason
+    assert not h.command(CommandKind.BEAM_ON).accepted
+    assert not h.command(CommandKind.RESUME).accepted
+    assert h.command(CommandKind.ACKNOWLEDGE).accepted
+    assert h.mode is Mode.FAULT
+    reset = h.tick(Command(CommandKind.RESET, "op"))
+    assert reset.command_result is not None and reset.command_result.accepted
+    assert DeviceAction.RESET_BEAM_GATE_FAULTS in reset.device_actions
+    assert h.mode is Mode.SAFE
+    h.run(0.5)
+    assert all(o.gate is GateCommand.CLOSE for o in h.outputs[-250:])
+    assert not h.command(CommandKind.ARM).accepted  # the plan must be selected again
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+
+
+def test_a_new_cause_after_acknowledge_needs_its_own_acknowledge() -> None:
+    h = Harness()
+    h.to_treating()
+    h.room.faults.add("door")
+    h.tick()
+    assert h.command(CommandKind.ACKNOWLEDGE).accepted
+    h.room.faults.add("estop")
+    h.tick()
+    result = h.command(CommandKind.RESET)
+    assert not result.accepted and "IL-005" in result.reason
+
+
+def test_in_safe_a_termination_blocks_selection_without_latching() -> None:
+    h = Harness()
+    h.run(0.05)
+    h.room.faults.add("door")
+    h.tick()
+    result = h.command(CommandKind.SELECT_PLAN, "lung-01")
+    assert not result.accepted and "IL-006" in result.reason
+    assert h.mode is Mode.SAFE
+    h.room.faults.discard("door")
+    h.tick()
+    assert h.command(CommandKind.SELECT_PLAN, "lung-01").accepted
+
+
+def test_latched_device_fault_in_safe_needs_ack_then_reset() -> None:
+    h = Harness()
+    h.tamper = with_beam_gate(watchdog_tripped=True)
+    h.run(0.05)
+    assert h.mode is Mode.SAFE
+    assert any(a.rule_id == "IL-008" for a in h.last.alarms)
+    assert not h.command(CommandKind.RESET).accepted
+    assert h.command(CommandKind.ACKNOWLEDGE).accepted
+    out = h.tick(Command(CommandKind.RESET, "op"))
+    assert out.command_result is not None and out.command_result.accepted
+    assert DeviceAction.RESET_BEAM_GATE_FAULTS in out.device_actions
+
+
+def test_completion_is_acknowledged_back_to_safe() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.mode is Mode.COMPLETE, max_s=60)
+    assert h.command(CommandKind.ACKNOWLEDGE).accepted
+    assert h.mode is Mode.SAFE
+    assert h.state.plan is None
+
+
+@pytest.mark.parametrize("bad_now", [-1.0, math.nan, math.inf, 1e9])
+def test_time_going_backwards_or_jumping_trips_and_never_opens(bad_now: float) -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    snap = h.room.snapshot(h.t)
+    h.state, out = step(h.state, snap, None, bad_now)
+    assert out.gate is GateCommand.CLOSE and out.xray is XrayCommand.STOP
+    assert h.state.mode is Mode.FAULT
+    assert "IL-018" in out.beam_permit.denied_by
+
+
+def test_step_is_deterministic() -> None:
+    a, b = Harness(seed=5), Harness(seed=5)
+    a.to_treating()
+    b.to_treating()
+    a.run(2.0)
+    b.run(2.0)
+    assert a.outputs == b.outputs and a.state == b.state
+
+
+def test_garbage_never_raises() -> None:
+    state = initial_state(PARAMS, 0.0)
+    weird = Snapshot(
+        beam_gate=BeamGateReading(status=None, read_at=5.0, healthy=True),
+        imaging=ImagingReading(status=None, read_at=None, healthy=True),
+    )
+    for kind in CommandKind:
+        state, out = step(state, weird, Command(kind, "", "x"), 0.01)
+        assert out.gate is GateCommand.CLOSE
+        assert out.command_result is not None and not out.command_result.accepted
+
+
+def test_target_far_outside_the_window_keeps_the_gate_closed() -> None:
+    h = Harness()
+    h.to_treating()
+    h.tamper = with_imaging(target=Position(100.0, 100.0, 100.0))
+    h.run(1.0)
+    assert all(o.gate is GateCommand.CLOSE for o in h.outputs[-400:])
+    assert "IL-028" in h.last.beam_permit.denied_by

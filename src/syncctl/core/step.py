@@ -75,6 +75,7 @@ def step(
     state = _absorb_observation(state, obs)
 
     # -- 3. terminations pre-empt -----------------------------------------------------------
+    observed = state
     active = active_rules(Facts(obs, state), rules)
     terminations = [r for r in active if r.is_termination]
     state = _apply_terminations(state, terminations, now_eff, events)
@@ -90,7 +91,8 @@ def step(
         )
 
     # -- 5. permits and commands ------------------------------------------------------------
-    active = active_rules(Facts(obs, state), rules)
+    if state is not observed:  # a trip, a mode change or a command changed what rules see
+        active = active_rules(Facts(obs, state), rules)
     xray_denied = _denials(active, state, Inhibits.XRAY)
     beam_denied = sorted(set(_denials(active, state, Inhibits.BEAM)) | set(xray_denied))
     xray_permit = Permit(granted=not xray_denied, denied_by=tuple(xray_denied))

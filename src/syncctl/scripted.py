@@ -128,7 +128,8 @@ class ScriptedRoom:
                 wanted = True
             self.gate_open = wanted
         if self.gate_open and self.spill_active(t):
-            delivered = min(self.dose_rate_mu_per_s * dt, max(0.0, self.dose_preset_mu - self.dose_mu))
+            headroom = max(0.0, self.dose_preset_mu - self.dose_mu)
+            delivered = min(self.dose_rate_mu_per_s * dt, headroom)
             if "stuck_gate" in self.faults:
                 delivered = self.dose_rate_mu_per_s * dt
             self.dose_mu += delivered

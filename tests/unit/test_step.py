@@ -330,3 +330,12 @@ def test_target_far_outside_the_window_keeps_the_gate_closed() -> None:
     h.run(1.0)
     assert all(o.gate is GateCommand.CLOSE for o in h.outputs[-400:])
     assert "IL-028" in h.last.beam_permit.denied_by
+
+
+def test_repeated_cycle_overruns_reported_by_the_controller_trip() -> None:
+    h = Harness()
+    h.to_treating()
+    h.tamper = lambda snap: replace(snap, cycle_overrun=True)
+    h.tick()
+    assert h.mode is Mode.FAULT
+    assert "IL-019" in trip_ids(h)

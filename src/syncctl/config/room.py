@@ -106,6 +106,10 @@ class Limits(Strict):
     device_stale_ms: Positive
     max_time_step_ms: Positive
     dose_tolerance_mu: Annotated[float, Field(ge=0)]
+    cycle_deadline_ms: Positive = 10.0
+    """A control cycle (read, decide, write) longer than this is an overrun."""
+    max_consecutive_overruns: Annotated[int, Field(ge=1, le=1000)] = 5
+    """This many overruns in a row trip the fraction (IL-019)."""
 
 
 class PlanConfig(Strict):
@@ -180,6 +184,10 @@ def cross_field_problems(room: RoomFile) -> list[tuple[PathKey, str]]:
             problems.append((("devices", device, "timeout_ms"),
                              f"{dev.timeout_ms} ms must be below limits.device_stale_ms "
                              f"({lim.device_stale_ms} ms)"))
+    if lim.cycle_deadline_ms >= lim.device_stale_ms:
+        problems.append((("limits", "cycle_deadline_ms"),
+                         f"{lim.cycle_deadline_ms} ms must be below limits.device_stale_ms "
+                         f"({lim.device_stale_ms} ms)"))
     if lim.max_time_step_ms <= room.devices.beam_gate.poll_period_ms:
         problems.append((("limits", "max_time_step_ms"),
                          f"{lim.max_time_step_ms} ms must exceed the beam-gate poll period "

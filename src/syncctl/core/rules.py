@@ -183,6 +183,10 @@ def _clock(f: Facts) -> bool:
     return f.obs.clock_fault
 
 
+def _overrun(f: Facts) -> bool:
+    return f.obs.cycle_overrun
+
+
 def _beam_mode(f: Facts) -> bool:
     return f.state.mode is not Mode.TREATING
 
@@ -276,6 +280,9 @@ RULES: tuple[Rule, ...] = (
     Rule("IL-018", "clock_fault",
          "Controller time went backwards, is not finite, or jumped beyond the step limit",
          T, BOTH, _clock),
+    Rule("IL-019", "control_cycle_overrun",
+         "Controller missed its cycle deadline repeatedly: its decisions are not timely",
+         T, BOTH, _overrun),
     Rule("IL-020", "beam_mode", "Beam only in TREATING", I, BEAM, _beam_mode),
     Rule("IL-021", "xray_mode", "X-ray only in SETUP, READY, TREATING or HOLD",
          I, XRAY, _xray_mode),

@@ -73,6 +73,7 @@ class Observation:
 
     now: float
     clock_fault: bool
+    cycle_overrun: bool
     beam_gate: BeamGateStatus | None
     beam_gate_read_at: float | None
     beam_gate_lost: bool
@@ -155,6 +156,7 @@ def observe(
     imaging: ImagingReading,
     now: float,
     clock_fault: bool,
+    cycle_overrun: bool = False,
 ) -> Observation:
     params = state.params
     bg_lost = _reading_lost(
@@ -181,6 +183,7 @@ def observe(
     return Observation(
         now=now,
         clock_fault=clock_fault,
+        cycle_overrun=cycle_overrun,
         beam_gate=bg_usable,
         beam_gate_read_at=beam_gate.read_at,
         beam_gate_lost=bg_lost,

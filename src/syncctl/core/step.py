@@ -71,7 +71,9 @@ def step(
     events: list[Event] = []
 
     # -- 2. observe -----------------------------------------------------------------------
-    obs = observe(state, snapshot.beam_gate, snapshot.imaging, now_eff, clock_fault)
+    obs = observe(
+        state, snapshot.beam_gate, snapshot.imaging, now_eff, clock_fault, snapshot.cycle_overrun
+    )
     state = _absorb_observation(state, obs)
 
     # -- 3. terminations pre-empt -----------------------------------------------------------

@@ -144,6 +144,8 @@ class Snapshot:
 
     beam_gate: BeamGateReading
     imaging: ImagingReading
+    cycle_overrun: bool = False
+    """The controller missed its cycle deadline repeatedly (IL-019)."""
 
 
 NOT_READ = Snapshot(

@@ -1,0 +1,288 @@
+"""The control cycle.
+
+Two tasks share the work, because the two devices live on different lines:
+
+- the **cycle** (about 1 kHz): read the beam-gate status block, take the latest imaging
+  reading, call the pure step, write the gate when its command changes, write the heartbeat
+  when the step says one is due, perform device actions, tell the listeners;
+- the **imaging task**: the imaging controller sits on a half-duplex serial line, so one task
+  owns it. It polls at its own period and writes the X-ray command the moment the cycle changes
+  it (an Event wakes it), and the heartbeat.
+
+Deadlines: a cycle that takes longer than ``deadline_s`` is an overrun; overruns are counted,
+and ``max_consecutive_overruns`` in a row are reported to the core as data in the snapshot,
+where a rule turns them into a trip.
+
+Shutdown: whatever ends the run (stop request, signal, exception), the gate is commanded
+closed and the X-ray stopped, and both are verified by readback. The firmware watchdogs back
+this up when the process dies without a chance to do it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from syncctl.core import (
+    BeamGateReading,
+    Command,
+    CoreParams,
+    CoreState,
+    DeviceAction,
+    GateCommand,
+    ImagingReading,
+    Outputs,
+    Snapshot,
+    XrayCommand,
+    initial_state,
+    step,
+)
+
+log = logging.getLogger("syncctl.controller")
+
+
+class BeamGatePort(Protocol):
+    """What the controller needs of the beam-gate client (syncctl.devices.BeamGateClient)."""
+
+    @property
+    def reading(self) -> BeamGateReading: ...
+    async def poll(self) -> BeamGateReading: ...
+    async def write_gate(self, command: GateCommand) -> bool: ...
+    async def write_heartbeat(self, value: int) -> bool: ...
+    async def load_dose_preset(self, preset_mu: float) -> bool: ...
+    async def reset_faults(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+class ImagingPort(Protocol):
+    @property
+    def reading(self) -> ImagingReading: ...
+    async def poll(self) -> ImagingReading: ...
+    async def write_xray(self, command: XrayCommand) -> bool: ...
+    async def write_heartbeat(self, value: int) -> bool: ...
+    async def reset_faults(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+@dataclass
+class CycleStats:
+    cycles: int = 0
+    overruns: int = 0
+    consecutive_overruns: int = 0
+    max_cycle_s: float = 0.0
+    recent_cycle_s: deque[float] = field(default_factory=lambda: deque(maxlen=4096))
+    gate_writes: int = 0
+    failed_writes: int = 0
+    imaging_polls: int = 0
+
+    def percentile_ms(self, q: float) -> float:
+        if not self.recent_cycle_s:
+            return 0.0
+        ordered = sorted(self.recent_cycle_s)
+        return 1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass(frozen=True)
+class ControllerReport:
+    """What one cycle hands to its listeners (bus, recorder, console, progress display)."""
+
+    now: float
+    snapshot: Snapshot
+    state: CoreState
+    outputs: Outputs
+
+
+Listener = Callable[[ControllerReport], None]
+
+
+class Controller:
+    def __init__(
+        self,
+        params: CoreParams,
+        beam_gate: BeamGatePort,
+        imaging: ImagingPort,
+        *,
+        period_s: float = 0.001,
+        imaging_period_s: float = 0.004,
+        deadline_s: float = 0.010,
+        max_consecutive_overruns: int = 5,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.beam_gate = beam_gate
+        self.imaging = imaging
+        self.period_s = period_s
+        self.imaging_period_s = imaging_period_s
+        self.deadline_s = deadline_s
+        self.max_consecutive_overruns = max_consecutive_overruns
+        self.clock = clock
+        self.state = initial_state(params, clock())
+        self.stats = CycleStats()
+        self.listeners: list[Listener] = []
+        self.last_outputs: Outputs | None = None
+        self._commands: deque[Command] = deque(maxlen=64)
+        self._gate_written: GateCommand | None = None
+        self._xray_wanted = XrayCommand.STOP
+        self._xray_written: XrayCommand | None = None
+        self._imaging_heartbeat: int | None = None
+        self._imaging_reset = False
+        self._imaging_wake = asyncio.Event()
+
+    # -- inputs -----------------------------------------------------------------------------
+
+    def submit(self, command: Command) -> None:
+        """Queue an operator command; the core takes one per cycle and answers in its outputs."""
+        self._commands.append(command)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Run until ``stop`` is set. Always ends with the safe commands written and verified;
+        returns whether the safe state was confirmed by readback. Exceptions propagate after
+        the safe shutdown was attempted."""
+        imaging_stop = asyncio.Event()
+        imaging_task = asyncio.create_task(self._imaging_loop(imaging_stop), name="imaging")
+        try:
+            await self._cycle_loop(stop, imaging_task)
+        finally:
+            imaging_stop.set()
+            self._imaging_wake.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await asyncio.wait_for(imaging_task, timeout=1.0)
+            if not imaging_task.done():
+                imaging_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await imaging_task
+        return await self.safe_shutdown()
+
+    async def _cycle_loop(self, stop: asyncio.Event, imaging_task: asyncio.Task[None]) -> None:
+        next_at = self.clock()
+        while not stop.is_set():
+            if imaging_task.done():
+                # The imaging task must never end on its own: treat it as a controller fault.
+                exc = imaging_task.exception()
+                raise RuntimeError(f"imaging task ended unexpectedly: {exc!r}")
+            started = self.clock()
+            await self.cycle()
+            elapsed = self.clock() - started
+            self._account(elapsed)
+            next_at += self.period_s
+            now = self.clock()
+            next_at = max(next_at, now)  # fell behind: do not try to catch up with a burst
+            await asyncio.sleep(max(0.0, next_at - now))
+
+    def _account(self, elapsed: float) -> None:
+        s = self.stats
+        s.cycles += 1
+        s.recent_cycle_s.append(elapsed)
+        s.max_cycle_s = max(s.max_cycle_s, elapsed)
+        if elapsed > self.deadline_s:
+            s.overruns += 1
+            s.consecutive_overruns += 1
+            log.warning("cycle overrun: %.1f ms (deadline %.1f ms)", elapsed * 1e3,
+                        self.deadline_s * 1e3)
+        else:
+            s.consecutive_overruns = 0
+
+    async def cycle(self) -> Outputs:
+        """One control step: read, decide, write, publish."""
+        beam_gate = await self.beam_gate.poll()
+        snapshot = Snapshot(
+            beam_gate=beam_gate,
+            imaging=self.imaging.reading,
+            cycle_overrun=self.stats.consecutive_overruns >= self.max_consecutive_overruns,
+        )
+        command = self._commands.popleft() if self._commands else None
+        now = self.clock()
+        self.state, outputs = step(self.state, snapshot, command, now)
+        self.last_outputs = outputs
+        await self._write_beam_gate(outputs)
+        self._hand_to_imaging(outputs)
+        report = ControllerReport(now, snapshot, self.state, outputs)
+        for listener in self.listeners:
+            listener(report)
+        return outputs
+
+    async def _write_beam_gate(self, out: Outputs) -> None:
+        bg = self.beam_gate
+        if out.gate is not self._gate_written:
+            if await bg.write_gate(out.gate):
+                self._gate_written = out.gate
+                self.stats.gate_writes += 1
+            else:
+                self.stats.failed_writes += 1  # retried next cycle; the core sees the readback
+        if out.heartbeat is not None and not await bg.write_heartbeat(out.heartbeat):
+            self.stats.failed_writes += 1
+        for action in out.device_actions:
+            ok = True
+            if action is DeviceAction.LOAD_DOSE_PRESET and out.dose_preset_mu is not None:
+                ok = await bg.load_dose_preset(out.dose_preset_mu)
+            elif action is DeviceAction.RESET_BEAM_GATE_FAULTS:
+                ok = await bg.reset_faults()
+            if not ok:
+                self.stats.failed_writes += 1
+                log.error("beam-gate action %s failed", action.value)
+
+    def _hand_to_imaging(self, out: Outputs) -> None:
+        wake = False
+        if out.xray is not self._xray_wanted:
+            self._xray_wanted = out.xray
+            wake = True
+        if out.heartbeat is not None:
+            self._imaging_heartbeat = out.heartbeat
+        if DeviceAction.RESET_IMAGING_FAULTS in out.device_actions:
+            self._imaging_reset = True
+            wake = True
+        if wake:
+            self._imaging_wake.set()
+
+    async def _imaging_loop(self, stop: asyncio.Event) -> None:
+        im = self.imaging
+        while not stop.is_set():
+            if self._xray_wanted is not self._xray_written:
+                wanted = self._xray_wanted
+                if await im.write_xray(wanted):
+                    self._xray_written = wanted
+                else:
+                    self.stats.failed_writes += 1
+            heartbeat, self._imaging_heartbeat = self._imaging_heartbeat, None
+            if heartbeat is not None and not await im.write_heartbeat(heartbeat):
+                self.stats.failed_writes += 1
+            if self._imaging_reset:
+                self._imaging_reset = False
+                if not await im.reset_faults():
+                    self.stats.failed_writes += 1
+            await im.poll()
+            self.stats.imaging_polls += 1
+            self._imaging_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._imaging_wake.wait(), self.imaging_period_s)
+
+    # -- the safe state ----------------------------------------------------------------------
+
+    async def safe_shutdown(self, timeout_s: float = 1.0) -> bool:
+        """Command the gate closed and the X-ray stopped; verify both by readback.
+
+        Retries within ``timeout_s``. Returns True when the readback confirms the safe state.
+        """
+        deadline = self.clock() + timeout_s
+        for _ in range(1000):  # bounded; the deadline ends it first
+            gate_ok = await self.beam_gate.write_gate(GateCommand.CLOSE)
+            xray_ok = await self.imaging.write_xray(XrayCommand.STOP)
+            bg = await self.beam_gate.poll()
+            im = await self.imaging.poll()
+            closed = bg.healthy and bg.status is not None and not bg.status.gate_open_readback
+            stopped = im.healthy and im.status is not None and not im.status.exposing
+            if gate_ok and xray_ok and closed and stopped:
+                log.info("safe state confirmed by readback: gate closed, X-ray stopped")
+                return True
+            if self.clock() >= deadline:
+                break
+            await asyncio.sleep(0.01)
+        log.error("safe state NOT confirmed by readback within %.1f s", timeout_s)
+        return False

@@ -25,9 +25,9 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from syncctl.core import (
     BeamGateReading,
@@ -45,6 +45,7 @@ from syncctl.core import (
 )
 
 log = logging.getLogger("syncctl.controller")
+T = TypeVar("T")
 
 
 class BeamGatePort(Protocol):
@@ -272,13 +273,19 @@ class Controller:
         """
         deadline = self.clock() + timeout_s
         for _ in range(1000):  # bounded; the deadline ends it first
-            gate_ok = await self.beam_gate.write_gate(GateCommand.CLOSE)
-            xray_ok = await self.imaging.write_xray(XrayCommand.STOP)
-            bg = await self.beam_gate.poll()
-            im = await self.imaging.poll()
-            closed = bg.healthy and bg.status is not None and not bg.status.gate_open_readback
-            stopped = im.healthy and im.status is not None and not im.status.exposing
-            if gate_ok and xray_ok and closed and stopped:
+            gate_ok = await _best_effort(self.beam_gate.write_gate(GateCommand.CLOSE))
+            xray_ok = await _best_effort(self.imaging.write_xray(XrayCommand.STOP))
+            bg = await _best_effort(self.beam_gate.poll())
+            im = await _best_effort(self.imaging.poll())
+            closed = (
+                isinstance(bg, BeamGateReading) and bg.healthy and bg.status is not None
+                and not bg.status.gate_open_readback
+            )
+            stopped = (
+                isinstance(im, ImagingReading) and im.healthy and im.status is not None
+                and not im.status.exposing
+            )
+            if gate_ok is True and xray_ok is True and closed and stopped:
                 log.info("safe state confirmed by readback: gate closed, X-ray stopped")
                 return True
             if self.clock() >= deadline:
@@ -286,3 +293,13 @@ class Controller:
             await asyncio.sleep(0.01)
         log.error("safe state NOT confirmed by readback within %.1f s", timeout_s)
         return False
+
+
+async def _best_effort(call: Awaitable[T]) -> T | None:
+    """Await a device call during shutdown; a failure is logged, never raised, so that the
+    other safe command still goes out and the original error is the one reported."""
+    try:
+        return await call
+    except Exception:
+        log.exception("device call failed during safe shutdown")
+        return None

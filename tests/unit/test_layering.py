@@ -32,6 +32,7 @@ LAYERS = {
     "commission": 6,
     "cli": 6,
     "scripted": 6,
+    "analysis": 6,
 }
 
 

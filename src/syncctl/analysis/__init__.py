@@ -1,0 +1,1 @@
+"""Analysis of a fraction from recorded data (ground truth, controller events)."""

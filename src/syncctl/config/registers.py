@@ -5,6 +5,19 @@ words encode it (type, scale, word order), its unit and whether we may write it.
 controller needs a fixed set of signals per device kind (``REQUIRED_SIGNALS``); which address
 holds them is the map's business, so a commissioning engineer can point syncctl at hardware
 with another layout without touching code.
+
+Conventions (docs/configuration.md):
+
+- ``address`` is the 0-based protocol address within its ``table`` (holding: functions
+  03/06/16, input: 04, coil: 01/05/15, discrete: 02).
+- 32-bit types (``uint32``, ``int32``) take two consecutive registers; the map's
+  ``word_order`` says which comes first: ``big`` (default) puts the high word at the lower
+  address, ``little`` the low word. Within a word, Modbus is always big-endian.
+- Coils and discrete inputs are single bits: their type must be ``bool``. ``bool`` may also be
+  a 16-bit register that holds only 0 or 1. ``bitfield`` is a 16-bit register whose named bits
+  (index 0 = least significant) are each a flag.
+- Engineering value = raw integer x ``scale``.
+- Input and discrete tables are read-only; ``access: rw`` there is an error.
 """
 
 from __future__ import annotations
@@ -34,7 +47,7 @@ RAW_RANGE = {
 
 
 class RegisterDef(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     address: int = Field(ge=0, le=0xFFFF)
     table: Table
@@ -55,7 +68,7 @@ class RegisterDef(BaseModel):
 
 
 class RegisterMapFile(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
     device: DeviceKind
     word_order: Literal["big", "little"] = "big"
@@ -129,20 +142,27 @@ def check_register_map(m: RegisterMapFile) -> list[tuple[PathKey, str]]:
         where: PathKey = ("registers", name)
         if reg.type == "bitfield":
             if not reg.bits:
-                problems.append(((*where, "bits"), "a bitfield needs named bits"))
+                problems.append(((*where, "bits"),
+                                 "a bitfield needs named bits ({name: index 0..15})"))
             else:
                 for bit_name, index in reg.bits.items():
                     if not 0 <= index <= 15:
                         problems.append(((*where, "bits", bit_name),
-                                         f"bit index {index} outside 0..15"))
-                indexes = list(reg.bits.values())
-                if len(indexes) != len(set(indexes)):
-                    problems.append(((*where, "bits"), "two bits share an index"))
+                                         f"bit index {index} outside 0..15 (a register has "
+                                         "16 bits)"))
+                owner: dict[int, str] = {}
+                for bit_name, index in reg.bits.items():
+                    if index in owner:
+                        problems.append(((*where, "bits", bit_name),
+                                         f"bit index {index} is already used by "
+                                         f"{owner[index]!r}: each bit needs its own index"))
+                    owner.setdefault(index, bit_name)
         elif reg.bits is not None:
             problems.append(((*where, "bits"), f"bits are only for type bitfield, not {reg.type}"))
         if reg.table in ("coil", "discrete") and reg.type != "bool":
             problems.append(((*where, "type"),
-                             f"table {reg.table} holds single bits: type must be bool"))
+                             f"table {reg.table} holds single bits: type must be bool; "
+                             f"found {reg.type}"))
         if reg.table in ("input", "discrete") and reg.access == "rw":
             problems.append(((*where, "access"), f"table {reg.table} is read-only; found rw"))
         if reg.last_address > 0xFFFF:
@@ -163,7 +183,8 @@ def check_register_map(m: RegisterMapFile) -> list[tuple[PathKey, str]]:
         found = m.registers.get(signal)
         if found is None:
             problems.append((("registers",),
-                             f"missing required signal {signal!r} for a {m.device} device"))
+                             f"missing required signal {signal!r} for a {m.device} device "
+                             f"(type {' or '.join(need.types)}, access {need.access})"))
             continue
         reg = found
         where = ("registers", signal)
@@ -175,7 +196,8 @@ def check_register_map(m: RegisterMapFile) -> list[tuple[PathKey, str]]:
                                                  "access must be rw"))
         missing_bits = [b for b in need.bits if b not in (reg.bits or {})]
         if missing_bits:
-            problems.append(((*where, "bits"), f"missing bits {missing_bits}"))
+            problems.append(((*where, "bits"),
+                             f"{signal} lacks required bits {', '.join(missing_bits)}"))
     return problems
 
 

@@ -1,4 +1,16 @@
-"""YAML loading that remembers where each field was written."""
+"""YAML loading that remembers where each field was written.
+
+The file is parsed once into a node graph (``yaml.SafeLoader``: no arbitrary tags); the line of
+every key and list item is indexed from the node marks (1-based), then the data is built from
+the same nodes. Before the data is built, the graph is checked for what YAML allows but a
+configuration must not contain:
+
+- a key written twice in one mapping (YAML keeps the last one silently: a commissioning
+  engineer who adds a second ``hysteresis_mm`` further down would never know which one won);
+- a key that is not text (``1:``, ``yes:``, ``null:``, a list as a key);
+- an anchor used inside itself (a recursive structure) or aliases that expand to an absurd
+  number of nodes (a "billion laughs" file).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +23,31 @@ import yaml
 from syncctl.config.errors import ConfigError, ConfigIssue
 
 PathKey = tuple[str | int, ...]
+
+MAX_NODES = 100_000
+"""More nodes than this (aliases counted each time they are used) is refused. A room file has
+a few hundred."""
+
+_STR_TAG = "tag:yaml.org,2002:str"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_TAG_NAMES = {
+    "tag:yaml.org,2002:int": "a number",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+    "tag:yaml.org,2002:null": "null",
+    "tag:yaml.org,2002:timestamp": "a date",
+}
+
+
+def dotted(path: PathKey) -> str:
+    """``("plans", 1, "id")`` -> ``plans[1].id``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += f".{part}" if text else str(part)
+    return text
 
 
 @dataclass
@@ -28,47 +65,117 @@ class YamlSource:
         return None
 
     def issue(self, path: PathKey, message: str) -> ConfigIssue:
-        dotted = ".".join(f"[{p}]" if isinstance(p, int) else p for p in path).replace(".[", "[")
-        return ConfigIssue(self.file, dotted, message, self.line_of(path))
+        return ConfigIssue(file=self.file, path=dotted(path), line=self.line_of(path),
+                           message=message)
 
 
-def _index(node: yaml.Node, path: PathKey, lines: dict[PathKey, int]) -> None:
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
+class _Indexer:
+    """Walks the node graph once: line index plus the structural checks above."""
+
+    def __init__(self, file: Path) -> None:
+        self.file = file
+        self.lines: dict[PathKey, int] = {}
+        self.issues: list[ConfigIssue] = []
+        self.count = 0
+        self._open: set[int] = set()
+
+    def _issue(self, path: PathKey, line: int, message: str) -> None:
+        self.issues.append(ConfigIssue(file=self.file, path=dotted(path), line=line,
+                                       message=message))
+
+    def walk(self, node: yaml.Node, path: PathKey) -> None:
+        self.count += 1
+        if self.count > MAX_NODES:
+            raise ConfigError([ConfigIssue(
+                file=self.file, path=dotted(path), line=node.start_mark.line + 1,
+                message=f"the document expands to more than {MAX_NODES} values "
+                        "(aliases included): refused")])
+        if id(node) in self._open:
+            self._issue(path, node.start_mark.line + 1,
+                        "an anchor is used inside itself (recursive alias): not allowed")
+            return
+        self.lines.setdefault(path, node.start_mark.line + 1)
+        if not isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            return
+        self._open.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                self._mapping(node, path)
+            else:
+                for i, item in enumerate(node.value):
+                    child = (*path, i)
+                    self.lines[child] = item.start_mark.line + 1
+                    self.walk(item, child)
+        finally:
+            self._open.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, path: PathKey) -> None:
+        first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag == _MERGE_TAG:
+                self.walk(value_node, path)  # "<<: *defaults": merged keys belong here
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                self._issue(path, line, "a key must be text; found a list or mapping as a key")
+                continue
+            key = str(key_node.value)
             child = (*path, key)
-            lines[child] = key_node.start_mark.line + 1
-            _index(value_node, child, lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            child = (*path, i)
-            lines[child] = item.start_mark.line + 1
-            _index(item, child, lines)
+            if key_node.tag != _STR_TAG:
+                kind = _TAG_NAMES.get(key_node.tag, key_node.tag)
+                self._issue(child, line, f"key {key!r} is read as {kind}, not text: "
+                                         f"quote it ('{key}') or rename it")
+            if key in first_line:
+                self._issue(child, line, f"duplicate key {key!r} (first written at line "
+                                         f"{first_line[key]}); YAML would silently keep only "
+                                         "the last value: write each key once")
+                continue
+            first_line[key] = line
+            self.lines[child] = line
+            self.walk(value_node, child)
 
 
 def load_yaml(file: Path) -> YamlSource:
-    """Parse ``file``; a missing file or a syntax error is a ConfigError naming file and line."""
+    """Parse ``file``. A missing or unreadable file, a syntax error, a duplicate or non-text
+    key and a recursive alias are each a ConfigError naming the file (and line when known)."""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([ConfigIssue(file, "", "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([ConfigIssue(file, "", f"cannot read: {exc}")]) from None
+        raise ConfigError([ConfigIssue(file, "", None, "file not found")]) from None
+    except IsADirectoryError:
+        raise ConfigError([ConfigIssue(file, "", None, "is a directory, not a file")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue(
+            file, "", None, f"not UTF-8 text (byte {exc.start}): is this a YAML file?")]) from None
+    except OSError as exc:
+        raise ConfigError([ConfigIssue(
+            file, "", None, f"cannot read: {exc.strerror or exc}")]) from None
+
+    loader = yaml.SafeLoader(text)
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        indexer = _Indexer(file)
+        if node is not None:
+            indexer.walk(node, ())
+        if indexer.issues:
+            raise ConfigError(indexer.issues)
+        data = loader.construct_document(node) if node is not None else None
     except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark
+        mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
-        raise ConfigError(
-            [ConfigIssue(file, "", f"YAML syntax error: {exc.problem}", line)]
-        ) from None
+        what = exc.problem or exc.context or "cannot parse"
+        raise ConfigError([ConfigIssue(file, "", line, f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([ConfigIssue(file, "", f"YAML error: {exc}")]) from None
-    source = YamlSource(file, data)
-    if node is not None:
-        _index(node, (), source.lines)
+        raise ConfigError([ConfigIssue(file, "", None, f"YAML error: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([ConfigIssue(
+            file, "", None, "YAML nested too deeply to be a configuration")]) from None
+    finally:
+        loader.dispose()
+
+    source = YamlSource(file, data, indexer.lines)
     if not isinstance(data, dict):
-        raise ConfigError([source.issue((), "expected a mapping of fields at the top level")])
+        found = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError([source.issue(
+            (), f"expected a mapping of fields (key: value) at the top level; found {found}")])
     return source

@@ -13,11 +13,13 @@ simulators and the controller share on one machine):
 
 from __future__ import annotations
 
+import json
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
+from pathlib import Path
 
 from syncctl.core.gating import inside_window
 from syncctl.core.types import Position, Window
@@ -45,9 +47,13 @@ class Percentiles:
     p99: float
     max: float
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"count": self.count, "p50": round(self.p50, 3), "p95": round(self.p95, 3),
-                "p99": round(self.p99, 3), "max": round(self.max, 3)}
+    def as_dict(self) -> dict[str, float | int | None]:
+        """JSON-ready: no samples gives nulls, never NaN (which JSON does not have)."""
+        def num(v: float) -> float | None:
+            return None if math.isnan(v) else round(v, 3)
+
+        return {"count": self.count, "p50": num(self.p50), "p95": num(self.p95),
+                "p99": num(self.p99), "max": num(self.max)}
 
 
 def percentiles(values: Sequence[float]) -> Percentiles:
@@ -116,22 +122,38 @@ def gating_latencies(
     times = [g.t for g in gate]
     latencies: list[float] = []
     was_inside: bool | None = None
+    prev_t = start
     for t, pos in zip(track.times, track.positions, strict=False):
         if t < start or t > end:
             was_inside = None
             continue
         inside = inside_window(pos, centre, window, 0.0)
         if was_inside and not inside:
-            i = bisect_right(times, t) - 1
+            exit_t = _crossing(track, window, centre, prev_t, t)
+            i = bisect_right(times, exit_t) - 1
             if i >= 0 and gate[i].gate_open:
                 for g in gate[i + 1:]:
-                    if g.t - t > max_latency_s:
+                    if g.t - exit_t > max_latency_s:
                         break
                     if not g.gate_open:
-                        latencies.append(g.t - t)
+                        latencies.append(g.t - exit_t)
                         break
         was_inside = inside
+        prev_t = t
     return latencies
+
+
+def _crossing(track: TargetTrack, window: Window, centre: Position, t_in: float,
+              t_out: float) -> float:
+    """The time the interpolated track leaves the window between two samples (bisection)."""
+    for _ in range(30):
+        mid = (t_in + t_out) / 2
+        where = track.at(mid)
+        if where is not None and inside_window(where, centre, window, 0.0):
+            t_in = mid
+        else:
+            t_out = mid
+    return t_out
 
 
 def sync_latencies(
@@ -168,3 +190,47 @@ def beam_on_time(gate: Sequence[GateSample]) -> tuple[float, int]:
         if cur.gate_open and not prev.gate_open:
             openings += 1
     return on, openings
+
+
+@dataclass
+class Truth:
+    """Everything the simulators recorded, as the analysis functions take it."""
+
+    gate: list[GateSample]
+    target: TargetTrack
+    frame_times: list[float]
+    command_times: list[float]
+    faults: list[dict[str, object]]
+
+
+def load_truth(directory: Path) -> Truth:
+    """Read ``beam-gate.jsonl`` and ``imaging.jsonl`` (docs/simulators.md). A truncated last
+    line (the simulator was killed mid-write) is ignored."""
+    gate: list[GateSample] = []
+    targets: list[TargetSample] = []
+    frames: list[float] = []
+    commands: list[float] = []
+    faults: list[dict[str, object]] = []
+    for name in ("beam-gate.jsonl", "imaging.jsonl"):
+        path = directory / name
+        if not path.exists():
+            continue
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = row.get("type")
+            if kind == "state" and "gate_open" in row:
+                gate.append(GateSample(row["t"], row["gate_open"], row["spill_active"],
+                                       row["dose_mu"]))
+            elif kind == "state" and "x" in row:
+                targets.append(TargetSample(row["t"], Position(row["x"], row["y"], row["z"])))
+            elif kind == "frame":
+                frames.append(row["t_available"])
+            elif kind == "gate_command":
+                commands.append(row["t_received"])
+            elif kind == "fault":
+                faults.append(row)
+    gate.sort(key=lambda g: g.t)
+    return Truth(gate, TargetTrack(targets), sorted(frames), sorted(commands), faults)

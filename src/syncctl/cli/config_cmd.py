@@ -6,14 +6,29 @@ import argparse
 import sys
 from pathlib import Path
 
-from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
-from syncctl.config.room import BoxWindow
+from syncctl.config import ConfigError, RegisterMapFile, RoomConfig, config_hash, load_room
+from syncctl.config.room import BeamGateDevice, BoxWindow, ImagingDevice
 
 EXIT_OK = 0
 EXIT_INVALID = 2
 
 
+def _device_lines(label: str, device: BeamGateDevice, regmap: RegisterMapFile) -> list[str]:
+    retries = f"{device.retries} retr{'y' if device.retries == 1 else 'ies'}"
+    lines = [
+        f"{label:<12}{device.transport.describe()}",
+        f"{'':<12}poll {device.poll_period_ms:g} ms, timeout {device.timeout_ms:g} ms, {retries}",
+        f"{'':<12}map {device.register_map} ({len(regmap.registers)} registers, "
+        f"word order {regmap.word_order})",
+    ]
+    if isinstance(device, ImagingDevice):
+        lines.insert(2, f"{'':<12}{device.frame_rate_fps:g} fps, {device.kv:g} kV, "
+                        f"{device.ma:g} mA, {device.pulse_width_ms:g} ms pulse")
+    return lines
+
+
 def summary(config: RoomConfig) -> str:
+    """A short, readable account of a valid room: what syncctl will talk to and enforce."""
     room = config.room
     dev = room.devices
     g, lim = room.gating, room.limits
@@ -22,31 +37,33 @@ def summary(config: RoomConfig) -> str:
         window = f"box, half-size {hx:g} x {hy:g} x {hz:g} mm"
     else:
         window = f"sphere, radius {g.window.radius_mm:g} mm"
-    plans = ", ".join(f"{p.id} ({p.planned_dose_mu:g} MU)" for p in room.plans)
-    bg, xi = dev.beam_gate, dev.imaging
-    mqtt = (f"enabled, {room.mqtt.host}:{room.mqtt.port}" if room.mqtt.enabled
-            else "disabled (in-process bus)")
+    mqtt = (f"enabled, {room.mqtt.host}:{room.mqtt.port}{' (TLS)' if room.mqtt.tls else ''}"
+            if room.mqtt.enabled else "disabled (in-process bus)")
+    width = max(len(p.id) for p in room.plans)
+    plans = [
+        f"{p.id:<{width}}  {p.planned_dose_mu:g} MU, target "
+        f"[{', '.join(f'{c:g}' for c in p.target_mm)}] mm"
+        for p in room.plans
+    ]
     lines = [
         f"room        {room.room.id}  {room.room.name}"
         + ("  [clinical mode]" if room.room.clinical_mode else ""),
-        f"beam gate   {bg.transport.describe()}, poll {bg.poll_period_ms:g} ms,"
-        f" timeout {bg.timeout_ms:g} ms",
-        f"            map {dev.beam_gate.register_map} ({len(config.beam_gate_map.registers)} "
-        "registers)",
-        f"imaging     {xi.transport.describe()}, poll {xi.poll_period_ms:g} ms,"
-        f" timeout {xi.timeout_ms:g} ms",
-        f"            {dev.imaging.frame_rate_fps:g} fps, {dev.imaging.kv:g} kV, "
-        f"{dev.imaging.ma:g} mA, {dev.imaging.pulse_width_ms:g} ms pulse",
-        f"            map {dev.imaging.register_map} ({len(config.imaging_map.registers)} "
-        "registers)",
+        *_device_lines("beam gate", dev.beam_gate, config.beam_gate_map),
+        *_device_lines("imaging", dev.imaging, config.imaging_map),
         f"window      {window}, hysteresis {g.hysteresis_mm:g} mm",
         f"gating      frame age <= {g.max_frame_age_ms:g} ms, confidence >= {g.min_confidence:g},"
         f" {g.frames_required_inside} frame(s) inside to open, jump > {g.max_jump_mm:g} mm",
         f"limits      imaging {lim.imaging_budget_mas:g} mAs/fraction,"
-        f" hold <= {lim.max_hold_s:g} s, gate actuation {lim.gate_actuation_timeout_ms:g} ms",
+        f" hold <= {lim.max_hold_s:g} s, dose tolerance {lim.dose_tolerance_mu:g} MU",
+        f"            actuation: gate {lim.gate_actuation_timeout_ms:g} ms,"
+        f" x-ray {lim.xray_actuation_timeout_ms:g} ms",
         f"            heartbeat {lim.heartbeat_period_ms:g} ms, device watchdog "
         f"{lim.device_watchdog_timeout_ms:g} ms, stale after {lim.device_stale_ms:g} ms",
-        f"plans       {plans}",
+        f"            cycle deadline {lim.cycle_deadline_ms:g} ms "
+        f"({lim.max_consecutive_overruns} overruns in a row trip),"
+        f" max time step {lim.max_time_step_ms:g} ms",
+        f"plans       {plans[0]}",
+        *(f"            {line}" for line in plans[1:]),
         f"mqtt        {mqtt}",
         f"config hash {config_hash(config)}",
     ]

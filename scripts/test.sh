@@ -11,6 +11,20 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 
+# Debian packages the tests use as independent peers: mbpoll (a third-party Modbus client).
+debs=()
+command -v mbpoll >/dev/null 2>&1 || debs+=(mbpoll)
+if [ ${#debs[@]} -gt 0 ]; then
+    echo "== installing Debian packages: ${debs[*]}"
+    if [ "$(id -u)" = 0 ]; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${debs[@]}"
+    else
+        echo "warning: cannot install ${debs[*]} (not root, no sudo): tests needing them skip" >&2
+    fi
+fi
+
 echo "== ruff"
 ruff check src tests firmware_sim
 echo "== mypy"

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from syncctl import __version__
-from syncctl.cli import config_cmd, docs_cmd, dryrun_cmd
+from syncctl.cli import config_cmd, demo_cmd, docs_cmd, dryrun_cmd, run_cmd, sim_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,8 +19,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     config_cmd.register(sub)
+    demo_cmd.register(sub)
     dryrun_cmd.register(sub)
     docs_cmd.register(sub)
+    run_cmd.register(sub)
+    sim_cmd.register(sub)
     return parser
 
 

@@ -133,6 +133,8 @@ class Controller:
         self._imaging_heartbeat: int | None = None
         self._imaging_reset = False
         self._imaging_wake = asyncio.Event()
+        self._gate_session: int | None = None
+        self._xray_session: int | None = None
 
     # -- inputs -----------------------------------------------------------------------------
 
@@ -211,6 +213,11 @@ class Controller:
 
     async def _write_beam_gate(self, out: Outputs) -> None:
         bg = self.beam_gate
+        session = _session(bg)
+        if session != self._gate_session:
+            # A new session (reconnect, device reboot): do not trust what the previous one
+            # was told; write the current command again.
+            self._gate_session, self._gate_written = session, None
         if out.gate is not self._gate_written:
             if await bg.write_gate(out.gate):
                 self._gate_written = out.gate
@@ -245,6 +252,9 @@ class Controller:
     async def _imaging_loop(self, stop: asyncio.Event) -> None:
         im = self.imaging
         while not stop.is_set():
+            session = _session(im)
+            if session != self._xray_session:
+                self._xray_session, self._xray_written = session, None
             if self._xray_wanted is not self._xray_written:
                 wanted = self._xray_wanted
                 if await im.write_xray(wanted):
@@ -303,3 +313,12 @@ async def _best_effort(call: Awaitable[T]) -> T | None:
     except Exception:
         log.exception("device call failed during safe shutdown")
         return None
+
+
+def _session(client: object) -> int | None:
+    """The client's count of verified sessions, when it keeps one (syncctl.devices does)."""
+    stats = getattr(client, "stats", None)
+    if isinstance(stats, dict):
+        value = stats.get("sessions_verified")
+        return value if isinstance(value, int) else None
+    return None

@@ -1,0 +1,304 @@
+"""`syncctl demo`: one target-gated fraction against the simulated room, end to end.
+
+The simulators run as a separate process (`python -m firmware_sim`): the beam-gate controller
+on Modbus TCP over loopback, the imaging controller on Modbus RTU over a pty. The controller
+runs here with the real device clients, a scripted operator (select the plan, image for
+set-up, arm, beam on) and a live progress line. The summary is judged from the simulators'
+ground truth: where the target really was when dose was delivered, and when the gate really
+moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import math
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from syncctl.analysis.truth import (
+    beam_on_time,
+    dose_outside_window,
+    gating_latencies,
+    load_truth,
+    percentiles,
+    sync_latencies,
+)
+from syncctl.cli.faults import FAULTS, Fault, inject, parse_fault
+from syncctl.cli.logs import quiet_library_logs
+from syncctl.cli.operator import ScriptedOperator
+from syncctl.cli.progress import Progress
+from syncctl.cli.simproc import SimulatorError, start_simulators
+from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
+from syncctl.config.backdoor import load_backdoor_layout
+from syncctl.controller import Controller, ControllerReport
+from syncctl.core import EventKind, Mode
+from syncctl.devices import BeamGateClient, ImagingClient
+
+EXIT_COMPLETE, EXIT_USAGE, EXIT_FAULT, EXIT_ERROR = 0, 2, 3, 1
+TAIL_S = 0.5
+"""Keep running this long after the fraction ends, so the truth records the safe state."""
+
+
+@dataclass
+class Injection:
+    fault: Fault
+    name: str
+    at_s: float
+
+
+def parse_injection(text: str) -> Injection:
+    name, sep, at = text.rpartition("@")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected FAULT@SECONDS, got {text!r}")
+    fault = parse_fault(name)
+    try:
+        at_s = float(at)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{at!r} is not a number of seconds") from None
+    if not 0 <= at_s < 3600:
+        raise argparse.ArgumentTypeError("the injection time must be 0..3600 s")
+    return Injection(fault, name, at_s)
+
+
+@dataclass
+class Recorder:
+    """Remembers what the summary needs from the controller's reports."""
+
+    treating_started: float | None = None
+    ended_at: float | None = None
+    final_mode: Mode = Mode.OFFLINE
+    trips: list[dict[str, Any]] = field(default_factory=list)
+    dose_baseline_mu: float | None = None
+    mas_baseline: float | None = None
+    last_mas: float = 0.0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def __call__(self, report: ControllerReport) -> None:
+        state = report.state
+        if state.plan is not None:
+            self.dose_baseline_mu = state.plan.dose_baseline_mu
+            self.mas_baseline = state.plan.mas_baseline
+        status = report.snapshot.imaging.status
+        if status is not None:
+            self.last_mas = status.cumulative_mas
+        for event in report.outputs.events:
+            if event.kind is EventKind.TRIP:
+                self.trips.append({"at_s": round(report.now - self.started_at, 3),
+                                   "rule_ids": list(event.rule_ids)})
+            if event.kind is EventKind.MODE_CHANGED:
+                if event.mode_to is Mode.TREATING and self.treating_started is None:
+                    self.treating_started = report.now
+                if event.mode_to in (Mode.COMPLETE, Mode.FAULT) and self.ended_at is None:
+                    self.ended_at = report.now
+        self.final_mode = state.mode
+
+
+async def _inject_later(injection: Injection, layout: Any, backdoor: dict[str, Any],
+                        t0: float, say: Any) -> None:
+    await asyncio.sleep(max(0.0, t0 + injection.at_s - time.monotonic()))
+    where = backdoor[injection.fault.slot]
+    await inject(layout, where["host"], int(where["port"]), injection.fault)
+    say(f"inject {injection.name}: {injection.fault.what}")
+
+
+async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    params = config.to_core_params()
+    plan_id = args.plan or params.plans[0].plan_id
+    plan = params.plan(plan_id)
+    assert plan is not None
+    truth_dir = workdir / "truth"
+    sim_log = (workdir / "simulators.log").open("w", encoding="utf-8")
+    sim = start_simulators(config.path, [
+        "--seed", str(args.seed), "--truth", str(truth_dir), "--beam-gate-port", "0",
+        "--imaging-link", str(workdir / "xic"), "--backdoor-port", "0",
+    ], stderr=sim_log)
+    beam_gate = imaging = None
+    recorder = Recorder()
+    progress = Progress(plan.planned_dose_mu, enabled=not args.quiet)
+    try:
+        runtime = config.with_endpoints(sim.ready["beam_gate"], sim.ready["imaging"])
+        devices, limits = runtime.room.devices, runtime.room.limits
+        beam_gate, imaging = BeamGateClient(runtime), ImagingClient(runtime)
+        controller = Controller(
+            params, beam_gate, imaging,
+            period_s=devices.beam_gate.poll_period_ms / 1000,
+            imaging_period_s=devices.imaging.poll_period_ms / 1000,
+            deadline_s=limits.cycle_deadline_ms / 1000,
+            max_consecutive_overruns=limits.max_consecutive_overruns,
+        )
+        stop = asyncio.Event()
+        operator = ScriptedOperator(controller, plan_id)
+
+        def watch(report: ControllerReport) -> None:
+            if recorder.ended_at is not None and report.now - recorder.ended_at >= TAIL_S:
+                stop.set()
+            if operator.gave_up:
+                progress._say(f"operator gave up: {operator.gave_up}")
+                stop.set()
+
+        controller.listeners += [recorder, operator, progress, watch]
+        layout = load_backdoor_layout()
+        t0 = recorder.started_at
+        injectors = [asyncio.create_task(_inject_later(i, layout, sim.ready["backdoor"], t0,
+                                                       progress._say))
+                     for i in args.inject]
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        timer = loop.call_later(args.max_seconds, stop.set)
+        cpu0 = time.process_time()
+        wall0 = time.monotonic()
+        try:
+            safe = await controller.run(stop)
+        finally:
+            timer.cancel()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            for task in injectors:
+                task.cancel()
+            await asyncio.gather(*injectors, return_exceptions=True)
+        cpu_s = time.process_time() - cpu0
+        wall_s = time.monotonic() - wall0
+        progress.finish()
+    finally:
+        for client in (beam_gate, imaging):
+            if client is not None:
+                await client.close()
+        sim.stop()
+        sim_log.close()
+    return summarise(config, plan_id, recorder, truth_dir, safe, controller, cpu_s, wall_s,
+                     args.seed)
+
+
+def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth_dir: Path, safe: bool,
+              controller: Controller, cpu_s: float, wall_s: float, seed: int) -> dict[str, Any]:
+    params = config.to_core_params()
+    plan = params.plan(plan_id)
+    assert plan is not None
+    truth = load_truth(truth_dir)
+    start = rec.treating_started or (truth.gate[-1].t if truth.gate else 0.0)
+    end = rec.ended_at or (truth.gate[-1].t if truth.gate else start)
+    in_fraction = [g for g in truth.gate if g.t >= start - 0.01]
+    last_dose = truth.gate[-1].dose_mu if truth.gate else 0.0
+    delivered = last_dose - (rec.dose_baseline_mu or 0.0)
+    on_s, openings = beam_on_time([g for g in in_fraction if g.t <= end + TAIL_S])
+    outside, unknown = dose_outside_window(truth.gate, truth.target, params.window, plan.target)
+    gating = gating_latencies(truth.gate, truth.target, params.window, plan.target, start, end)
+    sync = sync_latencies(truth.frame_times, truth.command_times, start, end,
+                          params.max_frame_age_s)
+    treatment_s = max(0.0, end - start) if rec.treating_started else 0.0
+
+    def ms(values: list[float]) -> dict[str, float | int | None]:
+        return percentiles([v * 1000 for v in values]).as_dict()
+
+    stats = controller.stats
+    return {
+        "final_state": rec.final_mode.name,
+        "plan_id": plan_id,
+        "planned_dose_mu": plan.planned_dose_mu,
+        "delivered_dose_mu": round(delivered, 3),
+        "treatment_time_s": round(treatment_s, 3),
+        "beam_on_time_s": round(on_s, 3),
+        "gate_open_count": openings,
+        "duty_cycle": round(on_s / treatment_s, 3) if treatment_s else 0.0,
+        "imaging_mas": round(rec.last_mas - (rec.mas_baseline or 0.0), 2),
+        "dose_outside_window_mu": round(outside, 4),
+        "dose_position_unknown_mu": round(unknown, 4),
+        "gating_latency_ms": ms(gating),
+        "sync_latency_ms": ms(sync),
+        "trips": rec.trips,
+        "safe_state_confirmed": safe,
+        "controller": {
+            "cycles": stats.cycles,
+            "cycle_p50_ms": round(stats.percentile_ms(0.50), 3),
+            "cycle_p99_ms": round(stats.percentile_ms(0.99), 3),
+            "overruns": stats.overruns,
+            "failed_writes": stats.failed_writes,
+            "cpu_percent_of_one_core": round(100 * cpu_s / wall_s, 1) if wall_s else 0.0,
+        },
+        "seed": seed,
+        "config_hash": config_hash(config),
+    }
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    print()
+    width = max(len(k) for k in summary)
+    for key, value in summary.items():
+        shown = ("  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+                 if isinstance(value, dict) else value)
+        print(f"  {key:<{width}}  {shown}")
+
+
+def _fmt(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        config = load_room(Path(args.config))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return EXIT_USAGE
+    params = config.to_core_params()
+    if args.plan and params.plan(args.plan) is None:
+        known = ", ".join(p.plan_id for p in params.plans)
+        print(f"error: plan {args.plan!r} is not in {args.config} (known: {known})",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if not args.quiet:
+        print(f"syncctl demo: simulated room {config.room.room.id} "
+              f"(config {args.config}, hash {config_hash(config)}, seed {args.seed})")
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.ERROR,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    quiet_library_logs(args.verbose)
+    with tempfile.TemporaryDirectory(prefix="syncctl-demo-") as tmp:
+        workdir = Path(args.keep) if args.keep else Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            summary = asyncio.run(run_demo(config, args, workdir))
+        except SimulatorError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_ERROR
+    if not args.quiet:
+        print_summary(summary)
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2, allow_nan=False,
+                                              default=str) + "\n", encoding="utf-8")
+    return EXIT_COMPLETE if summary["final_state"] == Mode.COMPLETE.name else EXIT_FAULT
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="run one gated fraction against the simulated room (simulators, Modbus, controller)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", default="configs/room-sim.yaml", help="room configuration")
+    p.add_argument("--plan", help="plan id (default: the first plan in the config)")
+    p.add_argument("--seed", type=int, default=1, help="seed of the breathing motion")
+    p.add_argument("--inject", type=parse_injection, action="append", default=[],
+                   metavar="FAULT@SECONDS",
+                   help="inject a fault this many seconds after the start; FAULT is one of "
+                   f"{', '.join(FAULTS)}, or SLOT.REGISTER=VALUE of the backdoor")
+    p.add_argument("--max-seconds", type=float, default=300.0,
+                   help="stop (safely) after this long (default 300 s)")
+    p.add_argument("--json", help="also write the summary as JSON to this path")
+    p.add_argument("--keep", metavar="DIR",
+                   help="keep the ground truth and simulator log in DIR")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--verbose", action="store_true",
+                   help="log the controller's warnings (cycle overruns, failed writes)")
+    p.set_defaults(handler=_run)

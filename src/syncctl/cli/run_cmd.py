@@ -1,0 +1,148 @@
+"""`syncctl run --config PATH`: the controller against whatever the config points to.
+
+Simulators (`syncctl sim`) or bench hardware. Operator commands are read from standard input,
+one per line, until the console milestone provides a proper console:
+
+    select PLAN | imaging on | imaging off | arm | beam on | pause | resume | abort | ack |
+    reset | status | quit
+
+Events (mode changes, trips, refusals with their reasons) are printed as they happen.
+SIGINT/SIGTERM or `quit`: the gate is closed and the X-ray stopped, verified by readback; exit
+0 when confirmed, 1 when not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from syncctl.cli.logs import quiet_library_logs
+from syncctl.config import ConfigError, config_hash, load_room
+from syncctl.controller import Controller, ControllerReport
+from syncctl.core import Command, CommandKind, EventKind
+from syncctl.devices import BeamGateClient, ImagingClient
+
+WORDS = {
+    "imaging on": CommandKind.START_IMAGING,
+    "imaging off": CommandKind.STOP_IMAGING,
+    "arm": CommandKind.ARM,
+    "beam on": CommandKind.BEAM_ON,
+    "pause": CommandKind.PAUSE,
+    "resume": CommandKind.RESUME,
+    "abort": CommandKind.ABORT,
+    "ack": CommandKind.ACKNOWLEDGE,
+    "acknowledge": CommandKind.ACKNOWLEDGE,
+    "reset": CommandKind.RESET,
+}
+
+
+def parse_command(line: str, operator: str) -> Command | str | None:
+    """A Command, the words "status"/"quit", or None for an unknown line."""
+    words = " ".join(line.strip().lower().split())
+    if words in ("status", "quit"):
+        return words
+    if words.startswith("select "):
+        return Command(CommandKind.SELECT_PLAN, operator, line.strip().split(maxsplit=1)[1])
+    kind = WORDS.get(words)
+    return Command(kind, operator) if kind is not None else None
+
+
+def describe(report: ControllerReport) -> str:
+    out, state = report.outputs, report.state
+    beam = "GRANTED" if out.beam_permit.granted else "denied " + ",".join(
+        out.beam_permit.denied_by)
+    xray = "GRANTED" if out.xray_permit.granted else "denied " + ",".join(
+        out.xray_permit.denied_by)
+    plan = state.plan.plan.plan_id if state.plan is not None else "-"
+    alarms = ", ".join(f"{a.rule_id}{'*' if a.latched else ''}" for a in out.alarms) or "none"
+    return (f"mode {state.mode.name}  plan {plan}  gate {out.gate.value}  "
+            f"X-ray {out.xray.value}\n  beam permit {beam}\n  X-ray permit {xray}\n"
+            f"  alarms {alarms} (* latched)")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    config = load_room(Path(args.config))
+    params = config.to_core_params()
+    devices, limits = config.room.devices, config.room.limits
+    beam_gate, imaging = BeamGateClient(config), ImagingClient(config)
+    controller = Controller(
+        params, beam_gate, imaging,
+        period_s=devices.beam_gate.poll_period_ms / 1000,
+        imaging_period_s=devices.imaging.poll_period_ms / 1000,
+        deadline_s=limits.cycle_deadline_ms / 1000,
+        max_consecutive_overruns=limits.max_consecutive_overruns,
+    )
+    latest: list[ControllerReport] = []
+
+    def show(report: ControllerReport) -> None:
+        latest[:] = [report]
+        for event in report.outputs.events:
+            if event.kind in (EventKind.COMMAND_ACCEPTED,):
+                continue
+            ids = f" [{', '.join(event.rule_ids)}]" if event.rule_ids else ""
+            print(f"{event.kind.value}: {event.message}{ids}", flush=True)
+
+    controller.listeners.append(show)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    def on_line() -> None:
+        line = sys.stdin.readline()
+        if not line:  # end of input: keep running until a signal
+            loop.remove_reader(sys.stdin)
+            return
+        parsed = parse_command(line, args.operator)
+        if parsed == "quit":
+            stop.set()
+        elif parsed == "status":
+            print(describe(latest[0]) if latest else "no cycle yet", flush=True)
+        elif isinstance(parsed, Command):
+            controller.submit(parsed)
+        elif line.strip():
+            print(f"unknown command {line.strip()!r}; try: select PLAN, imaging on, arm, "
+                  "beam on, pause, resume, abort, ack, reset, status, quit", flush=True)
+
+    if not args.no_stdin:
+        loop.add_reader(sys.stdin, on_line)
+    print(f"syncctl run: room {config.room.room.id}, config hash {config_hash(config)}; "
+          f"beam gate {devices.beam_gate.transport.describe()}, "
+          f"imaging {devices.imaging.transport.describe()}", flush=True)
+    try:
+        safe = await controller.run(stop)
+    finally:
+        if not args.no_stdin:
+            loop.remove_reader(sys.stdin)
+        await beam_gate.close()
+        await imaging.close()
+    print("safe state confirmed by readback" if safe
+          else "SAFE STATE NOT CONFIRMED: check the devices", flush=True)
+    return 0 if safe else 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(name)s: %(levelname)s: %(message)s")
+    quiet_library_logs(args.verbose)
+    try:
+        return asyncio.run(_main(args))
+    except ConfigError as exc:
+        for issue in exc.issues:
+            print(f"error: {issue}", file=sys.stderr)
+        return 2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="run the controller against the configured devices",
+                       description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="room configuration")
+    p.add_argument("--operator", default="console", help="operator id recorded with commands")
+    p.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
+    p.add_argument("--verbose", action="store_true", help="log controller warnings")
+    p.set_defaults(handler=_run)

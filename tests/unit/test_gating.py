@@ -64,7 +64,11 @@ def status(counter: int, pos: Position = C, conf: float = 0.9, ts: int = 0, cloc
     )
 
 
-def feed(frames: list[ImagingStatus], g: GatingState = GATING_RESET) -> list[GatingState]:
+SEEN_0 = GatingState(last_counter=0)
+"""A history in which frame 0 was seen: the frames fed after it are advances."""
+
+
+def feed(frames: list[ImagingStatus], g: GatingState = SEEN_0) -> list[GatingState]:
     out = []
     for i, s in enumerate(frames):
         g = update_gating(g, s, 0.01 * i, C, PARAMS)
@@ -127,8 +131,31 @@ def test_no_plan_confirms_nothing() -> None:
 
 
 def test_counter_change_time_is_the_read_time() -> None:
-    g = update_gating(GATING_RESET, status(1), 1.5, C, PARAMS)
+    g = update_gating(SEEN_0, status(1), 1.5, C, PARAMS)
     g = update_gating(g, status(1), 1.6, C, PARAMS)
     assert g.counter_changed_at == 1.5
     g = update_gating(replace(g), status(2), 1.7, C, PARAMS)
     assert g.counter_changed_at == 1.7
+
+
+def test_a_counter_seen_for_the_first_time_has_not_advanced() -> None:
+    g = update_gating(GATING_RESET, status(7), 1.0, C, PARAMS)
+    assert g.counter_changed_at is None and g.last_counter == 7
+    assert g.consecutive_inside == 0
+    g = update_gating(g, status(8), 1.03, C, PARAMS)
+    assert g.counter_changed_at == 1.03
+
+
+def test_a_counter_going_backwards_or_flipping_never_advances() -> None:
+    g = update_gating(SEEN_0, status(5), 1.0, C, PARAMS)
+    for i, counter in enumerate([4, 5, 4, 5, 3]):
+        g = update_gating(g, status(counter), 1.1 + i * 0.01, C, PARAMS)
+    assert g.counter_changed_at == 1.0 and g.last_counter == 5
+    g = update_gating(g, status(6), 1.2, C, PARAMS)
+    assert g.counter_changed_at == 1.2
+
+
+def test_counter_wrap_is_an_advance() -> None:
+    g = GatingState(last_counter=(1 << 32) - 1)
+    g = update_gating(g, status(0), 2.0, C, PARAMS)
+    assert g.counter_changed_at == 2.0

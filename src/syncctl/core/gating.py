@@ -29,11 +29,12 @@ def inside_window(target: Position, centre: Position, window: Window, margin_mm:
 
     Non-finite coordinates are never inside.
     """
+    coordinates = (target.x_mm, target.y_mm, target.z_mm, centre.x_mm, centre.y_mm, centre.z_mm)
+    if not all(is_finite_number(v) for v in coordinates):
+        return False
     dx = target.x_mm - centre.x_mm
     dy = target.y_mm - centre.y_mm
     dz = target.z_mm - centre.z_mm
-    if not (math.isfinite(dx) and math.isfinite(dy) and math.isfinite(dz)):
-        return False
     if isinstance(window, WindowBox):
         return (
             abs(dx) <= window.half_x_mm - margin_mm
@@ -60,12 +61,33 @@ def frame_age_at_read_ms(status: ImagingStatus) -> int | None:
     return age
 
 
+def is_finite_number(value: object) -> bool:
+    """A real number that is finite. Never raises: an int too large for a float, a bool, a
+    string or None is simply not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
 def elapsed(now: float, since: float | None) -> float:
     """Seconds from ``since`` to ``now``; infinite when unknown or when ``since`` is in the
     future (time went backwards), so that every age check fails safe."""
-    if since is None or not math.isfinite(since) or since > now:
+    if since is None or not is_finite_number(since) or since > now:
         return math.inf
-    return now - since
+    return float(now - since)
+
+
+def counter_advanced(counter: int, last: int | None) -> bool:
+    """True when ``counter`` is ahead of ``last`` (uint32 with wrap). A counter seen for the
+    first time has not *advanced*: it may be a frame from before imaging started, or a frozen
+    one. A counter that goes backwards has not advanced either."""
+    if last is None:
+        return False
+    step = (counter - last) % UINT32
+    return 0 < step < UINT32 // 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +131,17 @@ def update_gating(
             last_counter=gating.last_counter,
             counter_changed_at=gating.counter_changed_at,
         )
-    new_frame = status.frame_counter != gating.last_counter
+    new_frame = counter_advanced(status.frame_counter, gating.last_counter)
     counter_changed_at = read_at if new_frame else gating.counter_changed_at
+    # The highest counter seen: a counter that steps back and forth never looks like it
+    # advances. A first sighting is remembered but is not an advance.
+    last_counter = (
+        status.frame_counter if (new_frame or gating.last_counter is None)
+        else gating.last_counter
+    )
     if centre is None:
         return GatingState(
-            last_counter=status.frame_counter,
+            last_counter=last_counter,
             counter_changed_at=counter_changed_at,
             last_position=status.target,
         )
@@ -141,7 +169,7 @@ def update_gating(
     else:
         confirmed = consecutive >= params.frames_required_inside and inner
     return GatingState(
-        last_counter=status.frame_counter,
+        last_counter=last_counter,
         counter_changed_at=counter_changed_at,
         last_position=target,
         consecutive_inside=consecutive,

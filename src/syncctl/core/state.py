@@ -5,7 +5,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from syncctl.core.gating import GATING_RESET, GatingState, elapsed, frame_age_at_read_ms
+from syncctl.core.gating import (
+    GATING_RESET,
+    GatingState,
+    elapsed,
+    frame_age_at_read_ms,
+    is_finite_number,
+)
 from syncctl.core.types import (
     BeamGateReading,
     BeamGateStatus,
@@ -15,6 +21,7 @@ from syncctl.core.types import (
     ImagingStatus,
     Mode,
     Plan,
+    Position,
     XrayCommand,
 )
 
@@ -86,15 +93,27 @@ class Observation:
 
 
 def _finite_nonneg(value: float) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+    return is_finite_number(value) and value >= 0
 
 
 def _in_range(value: int, size: int) -> bool:
-    return isinstance(value, int) and 0 <= value < size
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < size
+
+
+def _flags_are_bools(status: object, names: tuple[str, ...]) -> str:
+    for name in names:
+        if not isinstance(getattr(status, name, None), bool):
+            return f"{name}={getattr(status, name, None)!r} is not a boolean"
+    return ""
 
 
 def beam_gate_problem(status: BeamGateStatus, last_dose_mu: float | None) -> str:
     """Why a BGC status cannot be trusted, or "" when it can."""
+    flags = _flags_are_bools(status, (
+        "gate_open_readback", "ready", "spill_active", "chain_ok", "door_closed",
+        "estop_released", "watchdog_tripped"))
+    if flags:
+        return flags
     if not _finite_nonneg(status.dose_delivered_mu):
         return f"dose_delivered_mu={status.dose_delivered_mu!r} is not a finite count >= 0"
     if last_dose_mu is not None and status.dose_delivered_mu < last_dose_mu:
@@ -111,6 +130,11 @@ def beam_gate_problem(status: BeamGateStatus, last_dose_mu: float | None) -> str
 
 def imaging_problem(status: ImagingStatus, last_mas: float | None) -> str:
     """Why an XIC status cannot be trusted, or "" when it can."""
+    flags = _flags_are_bools(status, ("prepared", "exposing"))
+    if flags:
+        return flags
+    if not isinstance(status.target, Position):
+        return f"target={status.target!r} is not a position"
     if not _in_range(status.frame_counter, UINT32):
         return f"frame_counter={status.frame_counter!r} outside 0..2^32-1"
     if not _in_range(status.frame_timestamp_ms, UINT32) or not _in_range(
@@ -124,10 +148,10 @@ def imaging_problem(status: ImagingStatus, last_mas: float | None) -> str:
         ("y", status.target.y_mm),
         ("z", status.target.z_mm),
     ):
-        if not (math.isfinite(value) and abs(value) <= POSITION_LIMIT_MM):
+        if not (is_finite_number(value) and abs(value) <= POSITION_LIMIT_MM):
             return f"target {axis}={value!r} mm is not a finite position within 10 m"
     confidence = status.tracking_confidence
-    if not (math.isfinite(confidence) and 0.0 <= confidence <= 1.0):
+    if not (is_finite_number(confidence) and 0.0 <= confidence <= 1.0):
         return f"tracking_confidence={confidence!r} outside 0..1"
     if not _finite_nonneg(status.cumulative_mas):
         return f"cumulative_mas={status.cumulative_mas!r} is not a finite count >= 0"

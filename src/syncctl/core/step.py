@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from syncctl.core.gating import GATING_RESET, elapsed, update_gating
+from syncctl.core.gating import GATING_RESET, elapsed, is_finite_number, update_gating
 from syncctl.core.modes import NOT_ALLOWED, Trigger, next_mode, trigger_for
 from syncctl.core.rules import (
     DELIVERY_MODES,
@@ -130,7 +130,7 @@ def step(
 def _check_clock(state: CoreState, now: float) -> tuple[bool, float]:
     """(clock fault?, the time to compute with). A non-finite time computes as +inf, which
     makes every age infinite and so every freshness check fail."""
-    if not isinstance(now, int | float) or not math.isfinite(now):
+    if not is_finite_number(now):
         return True, math.inf
     last = state.last_now
     if last is None:
@@ -169,7 +169,7 @@ def _absorb_observation(state: CoreState, obs: Observation) -> CoreState:
         if _echo_matches(obs.imaging.heartbeat_echo, state.heartbeat):
             xi_echo_ok_at = obs.imaging_read_at
 
-    last_now = state.last_now if not math.isfinite(obs.now) else obs.now
+    last_now = state.last_now if not is_finite_number(obs.now) else obs.now
     return replace(
         state,
         gating=gating,

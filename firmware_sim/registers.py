@@ -197,6 +197,10 @@ class RegisterInterface(ABC):
 
     # -- the protocol side -------------------------------------------------------------
 
+    TRIGGERS = ("fault_reset",)
+    """Command registers: each write of 1 acts, and the register holds the value last
+    written, so a write is echoed as written (Modbus function 06 echoes its request)."""
+
     def read(self, table: str, address: int, count: int) -> list[int]:
         self.advance()
         self.refresh()
@@ -238,6 +242,9 @@ class RegisterInterface(ABC):
             for listener in self.write_listeners:
                 listener(event)
         self.refresh()
+        for name in names:
+            if name in self.TRIGGERS:
+                self.bank._store(name, staged._words_of(name))
 
 
 class DeviceInterface(RegisterInterface):
@@ -274,12 +281,14 @@ class DeviceInterface(RegisterInterface):
         """Power cycle: the model and every register back to power-up values."""
         self.advance()
         self.model.reboot()
+        for name in self.TRIGGERS:  # command registers power up at 0
+            if name in self.bank.registers:
+                self.bank.set_raw(name, 0)
         self.refresh()
 
     def refresh(self) -> None:
         self.bank.set_raw("identity", self.IDENTITY)
         self.bank.set_raw("firmware_version", self.FIRMWARE_VERSION)
-        self.bank.set_raw("fault_reset", 0)
         self.bank.set_raw("fault_code", int(self.model.fault))
         self.bank.set_raw("heartbeat", self.model.heartbeat)
         self.bank.set_raw("heartbeat_echo", self.model.heartbeat)

@@ -257,7 +257,9 @@ async def test_bgc_watchdog_trips_when_heartbeats_stop_and_fault_reset_clears(
     assert int(await bgc.get("fault_code")) & 1
     await bgc.set("gate_command", 0)
     await bgc.set("fault_reset", 1)
-    assert await bgc.get("fault_reset") == 0  # a command, not a state
+    # A command register: it holds the value last written (each write of 1 acts), so that a
+    # write is echoed as written, as Modbus function 06 requires.
+    assert await bgc.get("fault_reset") == 1
     assert await bgc.get("fault_code") == 0
     assert (await bgc.bits("status"))["ready"]
 

@@ -213,7 +213,7 @@ CROSS_FIELD = [
      "gating.hysteresis_mm", "smaller than the window"),
     (("{shape: box, half_size_mm: [5, 5, 5]}", "{shape: sphere, radius_mm: 1}"),
      "gating.hysteresis_mm", "radius 1 mm"),
-    (("    timeout_ms: 30\n", "    timeout_ms: 100\n"),
+    (("    timeout_ms: 60\n", "    timeout_ms: 100\n"),
      "devices.imaging.timeout_ms", "below limits.device_stale_ms"),
     (("    poll_period_ms: 1 ", "    poll_period_ms: 100 "),
      "devices.beam_gate.poll_period_ms", "every reading would be stale"),

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
-import math
 import signal
 import sys
 import tempfile
@@ -32,17 +30,25 @@ from syncctl.analysis.truth import (
     sync_latencies,
 )
 from syncctl.cli.faults import FAULTS, Fault, inject, parse_fault
+from syncctl.cli.fraction import (
+    EXIT_USAGE,
+    exit_code,
+    load_room_and_plan,
+    print_summary,
+    write_json,
+)
 from syncctl.cli.logs import quiet_library_logs
 from syncctl.cli.operator import ScriptedOperator
 from syncctl.cli.progress import Progress
 from syncctl.cli.simproc import SimulatorError, start_simulators
-from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
+from syncctl.config import RoomConfig, config_hash
 from syncctl.config.backdoor import load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import EventKind, Mode
 from syncctl.devices import BeamGateClient, ImagingClient
 
-EXIT_COMPLETE, EXIT_USAGE, EXIT_FAULT, EXIT_ERROR = 0, 2, 3, 1
+EXIT_ERROR = 1
+"""The simulators could not be started (exit codes 0, 2, 3: see syncctl.cli.fraction)."""
 TAIL_S = 0.5
 """Keep running this long after the fraction ends, so the truth records the safe state."""
 
@@ -229,34 +235,11 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth_dir: Path, 
     }
 
 
-def print_summary(summary: dict[str, Any]) -> None:
-    print()
-    width = max(len(k) for k in summary)
-    for key, value in summary.items():
-        shown = ("  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
-                 if isinstance(value, dict) else value)
-        print(f"  {key:<{width}}  {shown}")
-
-
-def _fmt(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _run(args: argparse.Namespace) -> int:
-    try:
-        config = load_room(Path(args.config))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
+    loaded = load_room_and_plan(args.config, args.plan)
+    if loaded is None:
         return EXIT_USAGE
-    params = config.to_core_params()
-    if args.plan and params.plan(args.plan) is None:
-        known = ", ".join(p.plan_id for p in params.plans)
-        print(f"error: plan {args.plan!r} is not in {args.config} (known: {known})",
-              file=sys.stderr)
-        return EXIT_USAGE
+    config, args.plan = loaded
     if not args.quiet:
         print(f"syncctl demo: simulated room {config.room.room.id} "
               f"(config {args.config}, hash {config_hash(config)}, seed {args.seed})")
@@ -274,9 +257,8 @@ def _run(args: argparse.Namespace) -> int:
     if not args.quiet:
         print_summary(summary)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2, allow_nan=False,
-                                              default=str) + "\n", encoding="utf-8")
-    return EXIT_COMPLETE if summary["final_state"] == Mode.COMPLETE.name else EXIT_FAULT
+        write_json(args.json, summary)
+    return exit_code(summary)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

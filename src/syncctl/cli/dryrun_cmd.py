@@ -9,12 +9,16 @@ that closed it) and a summary judged from the scripted room's ground truth.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from syncctl.config import ConfigError, config_hash, load_room
+from syncctl.cli.fraction import (
+    EXIT_USAGE,
+    exit_code,
+    load_room_and_plan,
+    print_summary,
+    write_json,
+)
+from syncctl.config import config_hash
 from syncctl.core import (
     Command,
     CommandKind,
@@ -30,9 +34,6 @@ from syncctl.core.gating import inside_window
 from syncctl.core.rules import RULES_BY_ID
 from syncctl.scripted import FAULTS, Breathing, ScriptedRoom
 
-EXIT_COMPLETE = 0
-EXIT_USAGE = 2
-EXIT_FAULT = 3
 STEP_S = 0.002
 """Simulated control period: 500 Hz is enough to show the decisions; the real controller
 polls the beam gate at about 1 kHz."""
@@ -176,36 +177,22 @@ def run_fraction(
 
 
 def _run(args: argparse.Namespace) -> int:
-    try:
-        room_config = load_room(Path(args.config))
-    except ConfigError as exc:
-        for issue in exc.issues:
-            print(f"error: {issue}", file=sys.stderr)
-        print(f"{len(exc.issues)} error(s) in {args.config}", file=sys.stderr)
+    loaded = load_room_and_plan(args.config, args.plan)
+    if loaded is None:
         return EXIT_USAGE
-    params = room_config.to_core_params()
-    plan_id = args.plan or params.plans[0].plan_id
-    if params.plan(plan_id) is None:
-        known = ", ".join(p.plan_id for p in params.plans)
-        print(f"error: plan {plan_id!r} is not in {args.config} (known: {known})",
-              file=sys.stderr)
-        return EXIT_USAGE
+    room_config, plan_id = loaded
     echo = not args.quiet
     if echo:
         print(f"syncctl dryrun: core only, scripted room, simulated time "
               f"(config {args.config}, hash {config_hash(room_config)}, seed {args.seed})")
-    summary = run_fraction(params, plan_id, args.seed, args.inject, args.max_seconds, echo)
+    summary = run_fraction(room_config.to_core_params(), plan_id, args.seed, args.inject,
+                           args.max_seconds, echo)
     summary["config_hash"] = config_hash(room_config)
     if echo:
-        print()
-        width = max(len(k) for k in summary)
-        for key, value in summary.items():
-            if key in ("trips", "refused_commands") and not value:
-                continue
-            print(f"  {key:<{width}}  {value}")
+        print_summary(summary)
     if args.json:
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-    return EXIT_COMPLETE if summary["final_state"] == Mode.COMPLETE.name else EXIT_FAULT
+        write_json(args.json, summary)
+    return exit_code(summary)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -18,12 +18,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"syncctl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    from syncctl.cli import audit_cmd  # here, so that registering it is one edit
+
+    audit_cmd.register(sub)
     config_cmd.register(sub)
     demo_cmd.register(sub)
     dryrun_cmd.register(sub)
     docs_cmd.register(sub)
     run_cmd.register(sub)
     sim_cmd.register(sub)
+    from syncctl.cli import safety_cmd  # here, so that registering it is one edit
+
+    safety_cmd.register(sub)
     return parser
 
 

@@ -3,8 +3,10 @@
 It answers the core's outputs the way the firmware would (gate readback after an actuation
 delay, dose only while the gate is open during a spill, frames at the frame rate while
 exposing, heartbeat echo) and keeps the *true* target position, so that a run can be judged
-from what really happened. It drives the core-only dry run (`syncctl dryrun`) and gives the
-property tests a plausible world to perturb. The device simulators that speak Modbus live in
+from what really happened. A disconnected device reads as the real clients report it: the
+last good status and read time, unhealthy (degraded, then lost once stale). It drives the
+core-only dry run (`syncctl dryrun`) and gives the property tests a plausible world to
+perturb. The device simulators that speak Modbus live in
 `firmware_sim/`; this module is deliberately much simpler.
 """
 
@@ -99,6 +101,11 @@ class ScriptedRoom:
     _gate_cmd: GateCommand = GateCommand.CLOSE
     _gate_cmd_at: float = 0.0
     _last_t: float = 0.0
+    # the last good reads, kept while a device is disconnected (as the real clients do)
+    _bg_last: BeamGateReading = field(
+        default_factory=lambda: BeamGateReading(None, None, healthy=False))
+    _xi_last: ImagingReading = field(
+        default_factory=lambda: ImagingReading(None, None, healthy=False))
     # ground truth accumulated
     dose_outside_window_mu: float = 0.0
 
@@ -173,9 +180,14 @@ class ScriptedRoom:
             fault_code=0,
             heartbeat_echo=self.heartbeat,
         )
-        return Snapshot(
-            beam_gate=BeamGateReading(
-                bg, t, healthy="beam_gate_disconnect" not in self.faults
-            ),
-            imaging=ImagingReading(xi, t, healthy="imaging_disconnect" not in self.faults),
-        )
+        # A disconnected device answers nothing: its reading keeps the last good status and
+        # read time and is unhealthy, so the core sees it degraded, then lost once stale.
+        if "beam_gate_disconnect" in self.faults:
+            bg_reading = BeamGateReading(self._bg_last.status, self._bg_last.read_at, False)
+        else:
+            bg_reading = self._bg_last = BeamGateReading(bg, t, healthy=True)
+        if "imaging_disconnect" in self.faults:
+            xi_reading = ImagingReading(self._xi_last.status, self._xi_last.read_at, False)
+        else:
+            xi_reading = self._xi_last = ImagingReading(xi, t, healthy=True)
+        return Snapshot(beam_gate=bg_reading, imaging=xi_reading)

@@ -166,9 +166,8 @@ def bad_values(snapshot: Snapshot) -> list[str]:
 
 
 def _lost(reading: BeamGateReading | ImagingReading, now: float, stale_s: float) -> str:
-    """Why a reading counts as a lost device, or ""."""
-    if not reading.healthy:
-        return "unhealthy"
+    """Why a reading counts as a lost device, or "". A failed transaction alone (unhealthy,
+    the last good status and read time kept) is not a loss: see :func:`_degraded`."""
     if reading.status is None:
         return "not read"
     if reading.read_at is None:
@@ -177,6 +176,25 @@ def _lost(reading: BeamGateReading | ImagingReading, now: float, stale_s: float)
     if age > stale_s:
         return f"reading {age} s old"
     return ""
+
+
+def _degraded(reading: BeamGateReading | ImagingReading, now: float, stale_s: float) -> str:
+    """Why a reading that is not lost still may not carry the beam, or "": its last
+    transaction failed or its session is not verified (``healthy`` is not True)."""
+    if _lost(reading, now, stale_s) or reading.healthy is True:
+        return ""
+    return f"healthy={reading.healthy!r}, last good read at {reading.read_at}"
+
+
+def _taken_after(read_at: float | None, since: float, timeout_s: float) -> bool:
+    """A reading taken more than ``timeout_s`` after the command changed at ``since``: only
+    such a reading can show that an actuator failed to follow. A change at an unknown
+    (non-finite) time is judged by any reading."""
+    if read_at is None or not _finite(read_at):
+        return False
+    if not _finite(since):
+        return True
+    return read_at - since > timeout_s
 
 
 @dataclass(frozen=True)
@@ -195,10 +213,12 @@ class Facts:
     clock_fault: str
     bg_lost: str
     xi_lost: str
+    bg_degraded: str
+    xi_degraded: str
     bg_invalid: str
     xi_invalid: str
     bg: BeamGateStatus | None
-    """The beam-gate status when usable (read, healthy, fresh, valid)."""
+    """The beam-gate status when usable (read, fresh, valid; healthy or degraded)."""
     xi: ImagingStatus | None
     bg_read_at: float | None
     xi_read_at: float | None
@@ -212,6 +232,9 @@ class Facts:
     xi_echo_ok_at: float | None
     terminations: dict[str, str]
     """Termination conditions present, by rule id (spec ids), with the reason."""
+    degraded: dict[str, str]
+    """Degraded devices (interruptions that hold the beam only), by rule id, with the
+    reason: IL-030 beam gate, IL-031 imaging."""
     bad_values: list[str]
 
 
@@ -291,6 +314,13 @@ class History:
         bg_r, xi_r = snapshot.beam_gate, snapshot.imaging
         bg_lost = _lost(bg_r, now_eff, p.device_stale_s)
         xi_lost = _lost(xi_r, now_eff, p.device_stale_s)
+        degraded: dict[str, str] = {}
+        bg_degraded = _degraded(bg_r, now_eff, p.device_stale_s)
+        xi_degraded = _degraded(xi_r, now_eff, p.device_stale_s)
+        if bg_degraded:
+            degraded["IL-030"] = bg_degraded
+        if xi_degraded:
+            degraded["IL-031"] = xi_degraded
         bg_invalid = "" if bg_lost else self._bg_invalid(bg_r.status)
         xi_invalid = "" if xi_lost else self._xi_invalid(xi_r.status)
         bg = bg_r.status if not (bg_lost or bg_invalid) else None
@@ -353,7 +383,7 @@ class History:
             if (
                 bg.gate_open_readback
                 and self.gate is GateCommand.CLOSE
-                and elapsed(now_eff, self.gate_changed_at) > p.gate_actuation_timeout_s
+                and _taken_after(bg_r.read_at, self.gate_changed_at, p.gate_actuation_timeout_s)
             ):
                 t["IL-010"] = "gate reads open while commanded closed"
             if elapsed(now_eff, bg_echo) > p.device_watchdog_timeout_s:
@@ -364,7 +394,7 @@ class History:
             if (
                 xi.exposing
                 and self.xray is XrayCommand.STOP
-                and elapsed(now_eff, self.xray_changed_at) > p.xray_actuation_timeout_s
+                and _taken_after(xi_r.read_at, self.xray_changed_at, p.xray_actuation_timeout_s)
             ):
                 t["IL-011"] = "exposing while commanded to stop"
             if elapsed(now_eff, xi_echo) > p.device_watchdog_timeout_s:
@@ -395,6 +425,8 @@ class History:
             clock_fault=clock_fault,
             bg_lost=bg_lost,
             xi_lost=xi_lost,
+            bg_degraded=bg_degraded,
+            xi_degraded=xi_degraded,
             bg_invalid=bg_invalid,
             xi_invalid=xi_invalid,
             bg=bg,
@@ -410,6 +442,7 @@ class History:
             bg_echo_ok_at=bg_echo,
             xi_echo_ok_at=xi_echo,
             terminations=t,
+            degraded=degraded,
             bad_values=bad_values(snapshot),
         )
 
@@ -589,6 +622,11 @@ def inv01_beam_permit_conjunction(
         failed.append(f"beam gate not usable ({f.bg_lost or f.bg_invalid})")
     if f.xi is None:
         failed.append(f"imaging not usable ({f.xi_lost or f.xi_invalid})")
+    # Both devices healthy: a degraded reading (last transaction failed) holds the beam.
+    if snapshot.beam_gate.healthy is not True:
+        failed.append(f"beam gate not healthy ({f.bg_degraded or f.bg_lost})")
+    if snapshot.imaging.healthy is not True:
+        failed.append(f"imaging not healthy ({f.xi_degraded or f.xi_lost})")
     if new.latched:
         failed.append(f"latched {sorted(new.latched)}")
     if f.terminations:
@@ -766,7 +804,8 @@ def inv07_lost_device_stops_both(
     out: Outputs,
     hist: History,
 ) -> str | None:
-    """A lost device => gate CLOSE and X-ray STOP."""
+    """A lost device (never read, no read time, last good read stale or in the future) =>
+    gate CLOSE and X-ray STOP. A degraded one (unhealthy, still fresh) is INV-01's."""
     f = hist.facts(snapshot, now)
     lost = [f"beam gate {f.bg_lost}"] if f.bg_lost else []
     lost += [f"imaging {f.xi_lost}"] if f.xi_lost else []
@@ -865,7 +904,13 @@ def inv12_denials_name_rules(
     out: Outputs,
     hist: History,
 ) -> str | None:
-    """Every denial names existing rule ids; grants name none; commands follow permits."""
+    """Every denial names existing rule ids; grants name none; commands follow permits; a
+    degraded device is named in the beam denial."""
+    f = hist.facts(snapshot, now)
+    unnamed = set(f.degraded) - set(out.beam_permit.denied_by)
+    if unnamed:
+        return f"beam permit {out.beam_permit} does not name degraded devices" \
+               f" {sorted(unnamed)} ({f.degraded})"
     for name, permit in (("beam", out.beam_permit), ("xray", out.xray_permit)):
         if permit.granted and permit.denied_by:
             return f"{name} permit granted but denied by {permit.denied_by}"
@@ -1063,7 +1108,8 @@ class Invariant:
 
 
 INVARIANTS: tuple[Invariant, ...] = (
-    Invariant("INV-01", "Gate OPEN only when every beam-permit condition holds",
+    Invariant("INV-01", "Gate OPEN only when every beam-permit condition holds (both devices"
+              " healthy and fresh among them)",
               "beam delivered while any precondition is missing", inv01_beam_permit_conjunction),
     Invariant("INV-02", "X-ray EXPOSE only when the X-ray permit holds and imaging requested",
               "uncontrolled or unjustified imaging dose", inv02_xray_permit),
@@ -1076,7 +1122,7 @@ INVARIANTS: tuple[Invariant, ...] = (
               inv05_dose_reached_closes),
     Invariant("INV-06", "Stale frame or frozen counter => gate CLOSE",
               "beam gated on an old image (target moved since)", inv06_stale_or_frozen_closes),
-    Invariant("INV-07", "Lost device => gate CLOSE and X-ray STOP",
+    Invariant("INV-07", "Lost device (never read or stale) => gate CLOSE and X-ray STOP",
               "acting on a device we can no longer see", inv07_lost_device_stops_both),
     Invariant("INV-08", "Imaging budget used up => X-ray STOP and gate CLOSE",
               "excess imaging dose", inv08_imaging_budget),
@@ -1087,7 +1133,8 @@ INVARIANTS: tuple[Invariant, ...] = (
               "an undeclared path to beam; an unexplained stop", inv10_modes_follow_the_table),
     Invariant("INV-11", "Bad time (backwards, non-finite, jump) => gate CLOSE and X-ray STOP",
               "ages computed from a bad clock pass as fresh", inv11_clock_faults_close),
-    Invariant("INV-12", "Every denial names existing rules; commands follow the permits",
+    Invariant("INV-12", "Every denial names existing rules (a degraded device among them);"
+              " commands follow the permits",
               "an operator cannot tell why the beam is off; a permit bypassed",
               inv12_denials_name_rules),
     Invariant("INV-13", "Unclassifiable values (NaN, inf, negative, out of range) => deny",

@@ -9,12 +9,14 @@ frame), and Hypothesis perturbs it:
 - persistent world faults (:data:`WORLD_FAULTS`) that last a drawn number of steps: e-stop,
   door, chain, device fault codes and watchdogs, stuck gate readback, an X-ray that exposes
   whatever it is told or will not expose, frozen frames, a counter that repeats while the
-  timestamps go on, low confidence, marker jumps, target outside, a lost device, an echo that
-  stops, a beam that leaks dose while closed, controller cycle overruns;
-- one-step snapshot perturbations (:class:`Perturbation`): a dropped or unhealthy device, a
-  stale or future ``read_at``, NaN/inf/negative/out-of-range values, contradictory values
-  (exposing while not prepared, a frame stamped in the future), counters (frame, dose, mAs)
-  going backwards, dose jumps, target shifts, low confidence, a controller cycle overrun;
+  timestamps go on, low confidence, marker jumps, target outside, a link down (the last good
+  reading kept, unhealthy: degraded, then lost once stale), an echo that stops, a beam that
+  leaks dose while closed, controller cycle overruns;
+- one-step snapshot perturbations (:class:`Perturbation`): a dropped device, an unhealthy
+  (degraded) one, a stale or future ``read_at``, NaN/inf/negative/out-of-range values,
+  contradictory values (exposing while not prepared, a frame stamped in the future), counters
+  (frame, dose, mAs) going backwards, dose jumps, target shifts, low confidence, a controller
+  cycle overrun;
 - time steps: mostly 1-40 ms, sometimes 0, backwards, a jump beyond ``max_time_step_s``, NaN
   or +/-inf.
 
@@ -197,6 +199,9 @@ class World:
     frames_seen: int = 0
     bg_read_at: float | None = None
     xi_read_at: float | None = None
+    bg_last: BeamGateReading | None = None
+    """The last reading that got through, kept while the beam-gate link is down."""
+    xi_last: ImagingReading | None = None
 
     def __post_init__(self) -> None:
         self.dose_mu = self.config.initial_dose_mu
@@ -334,9 +339,23 @@ class World:
             fault_code=3 if "xi_fault_code" in self.faults else 0,
             heartbeat_echo=self.xi_echo,
         )
+        # A link that is down answers nothing: the reading keeps the last good status and
+        # read time and is unhealthy (degraded, then lost once stale), as the clients do.
+        if "bg_disconnect" in self.faults:
+            last = self.bg_last
+            bg_reading = BeamGateReading(last.status if last else None,
+                                         last.read_at if last else None, False)
+        else:
+            bg_reading = self.bg_last = BeamGateReading(bg, self.bg_read_at, True)
+        if "xi_disconnect" in self.faults:
+            last_xi = self.xi_last
+            xi_reading = ImagingReading(last_xi.status if last_xi else None,
+                                        last_xi.read_at if last_xi else None, False)
+        else:
+            xi_reading = self.xi_last = ImagingReading(xi, self.xi_read_at, True)
         return Snapshot(
-            beam_gate=BeamGateReading(bg, self.bg_read_at, "bg_disconnect" not in self.faults),
-            imaging=ImagingReading(xi, self.xi_read_at, "xi_disconnect" not in self.faults),
+            beam_gate=bg_reading,
+            imaging=xi_reading,
             cycle_overrun="cycle_overrun" in self.faults,
         )
 

@@ -189,7 +189,10 @@ def not_ready_trips() -> StepFn:
 
 
 NONE: frozenset[str] = frozenset()
-LOSS = frozenset({"drop", "unhealthy", "no_status", "no_read_at", "stale", "future"})
+LOSS = frozenset({"drop", "no_status", "no_read_at", "stale", "future"})
+"""Perturbations that make a device lost (never read, no read time, stale or future)."""
+DEGRADE = frozenset({"unhealthy"})
+"""A failed transaction: the last good status and read time kept, unhealthy."""
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "gate commanded OPEN in every TREATING step, whatever the permit"),
     Mutation("no-IL-029", "INV-01", without("IL-029"), "beam-gate 'not ready' ignored",
              ("bg_not_ready",), NONE),
+    Mutation("no-IL-030", "INV-01", without("IL-030"),
+             "degraded beam gate ignored (beam on a failed transaction)",
+             ("bg_disconnect",), DEGRADE),
+    Mutation("no-IL-031", "INV-01", without("IL-031"),
+             "degraded imaging ignored (beam on a failed transaction)",
+             ("xi_disconnect",), DEGRADE),
     Mutation("xray-ignores-request", "INV-02", xray_ignores_request,
              "X-ray exposes without the operator's START_IMAGING"),
     Mutation("no-IL-006", "INV-02", without("IL-006"), "door-open rule removed",

@@ -6,7 +6,7 @@ stateful test, deterministically.
   plausible world and the command is given: whether it is accepted and where the mode ends
   must match the specification written below (from DESIGN.md section 3 and the project's
   decisions), and every invariant holds on every step on the way.
-- For each of the 28 rules, a scenario that provokes the rule's condition is run twice:
+- For each rule of the table (31), a scenario that provokes the rule's condition is run twice:
   with the full table (no invariant may fail, and the rule must show up in a denial or a
   trip) and with that rule removed (some invariant must notice, except for the rules listed
   in MASKED, whose removal other rules hide; that list is a finding, reported in
@@ -273,8 +273,10 @@ def _ready_and_wait(m: CoreMachine) -> None:
 
 
 PROVOKE: dict[str, Scenario] = {
-    "IL-001": _in_mode(Mode.TREATING, _world_fault("bg_disconnect", 5, 5)),
-    "IL-002": _in_mode(Mode.TREATING, _world_fault("xi_disconnect", 5, 5)),
+    # A link down is degraded (IL-030/IL-031) until its last good read is older than
+    # device_stale_s (100 ms): lost (IL-001/IL-002) needs a longer outage.
+    "IL-001": _in_mode(Mode.TREATING, _world_fault("bg_disconnect", 20, 15)),
+    "IL-002": _in_mode(Mode.TREATING, _world_fault("xi_disconnect", 20, 15)),
     "IL-003": _in_mode(Mode.TREATING, _perturb(
         Perturbation("value", "beam_gate", "dose_delivered_mu", float("nan")))),
     "IL-004": _in_mode(Mode.TREATING, _perturb(
@@ -304,6 +306,8 @@ PROVOKE: dict[str, Scenario] = {
     "IL-027": _in_mode(Mode.TREATING, _world_fault("marker_jump", 10, 10)),
     "IL-028": _in_mode(Mode.TREATING, _world_fault("target_outside", 10, 10)),
     "IL-029": _in_mode(Mode.TREATING, _world_fault("bg_not_ready", 10, 10)),
+    "IL-030": _in_mode(Mode.TREATING, _world_fault("bg_disconnect", 5, 8)),
+    "IL-031": _in_mode(Mode.TREATING, _world_fault("xi_disconnect", 5, 8)),
 }
 
 MASKED: dict[str, str] = {

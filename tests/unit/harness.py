@@ -123,3 +123,15 @@ def with_imaging(**changes: object) -> Tamper:
         return replace(snap, imaging=replace(snap.imaging, status=replace(status, **changes)))
 
     return tamper
+
+
+def unhealthy(device: str) -> Tamper:
+    """The device's reading as a client reports it after a failed transaction (or before the
+    session's settings are verified): the status and read time kept, ``healthy`` False."""
+
+    def tamper(snap: Snapshot) -> Snapshot:
+        if device == "beam_gate":
+            return replace(snap, beam_gate=replace(snap.beam_gate, healthy=False))
+        return replace(snap, imaging=replace(snap.imaging, healthy=False))
+
+    return tamper

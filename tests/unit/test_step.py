@@ -23,7 +23,7 @@ from syncctl.core import (
     initial_state,
     step,
 )
-from tests.unit.harness import PARAMS, Harness, with_beam_gate, with_imaging
+from tests.unit.harness import PARAMS, Harness, unhealthy, with_beam_gate, with_imaging
 
 
 def trip_ids(h: Harness) -> list[str]:
@@ -133,6 +133,159 @@ def test_a_fault_in_treating_trips_with_its_rule(how, rule_id: str) -> None:  # 
     assert h.last.gate is GateCommand.CLOSE and h.last.xray is XrayCommand.STOP
     assert rule_id in h.last.beam_permit.denied_by
     assert any(a.rule_id == rule_id and a.latched for a in h.last.alarms)
+
+
+DISCONNECTS = [("beam_gate_disconnect", "IL-030", "IL-001"),
+               ("imaging_disconnect", "IL-031", "IL-002")]
+
+
+@pytest.mark.parametrize(("fault", "degraded", "lost"), DISCONNECTS,
+                         ids=["beam-gate", "imaging"])
+def test_a_link_down_is_degraded_at_once_and_lost_only_when_stale(
+    fault: str, degraded: str, lost: str
+) -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    h.room.faults.add(fault)
+    out = h.tick()
+    last_good = round(h.t - 0.002, 6)  # the read before the link went down
+    # The beam waits in the very step of the first failed transaction; the X-ray goes on.
+    assert out.gate is GateCommand.CLOSE
+    assert degraded in out.beam_permit.denied_by
+    assert degraded not in out.xray_permit.denied_by and out.xray_permit.granted
+    assert out.xray is XrayCommand.EXPOSE
+    # Degraded, not lost, while the last good read is no older than device_stale_s.
+    for _ in range(round(PARAMS.device_stale_s / 0.002) - 2):
+        out = h.tick()
+        assert h.t - last_good <= PARAMS.device_stale_s
+        assert h.mode is Mode.TREATING, (h.t, out.events)
+        assert degraded in out.beam_permit.denied_by
+        assert lost not in out.beam_permit.denied_by
+        assert out.gate is GateCommand.CLOSE and out.xray is XrayCommand.EXPOSE
+    assert not trip_ids(h)
+    # Then lost: a termination.
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.05)
+    assert trip_ids(h) == [lost]
+    assert PARAMS.device_stale_s < h.t - last_good <= PARAMS.device_stale_s + 0.004
+    assert h.last.xray is XrayCommand.STOP and h.last.gate is GateCommand.CLOSE
+
+
+@pytest.mark.parametrize(("fault", "degraded", "lost"), DISCONNECTS,
+                         ids=["beam-gate", "imaging"])
+def test_a_short_link_failure_holds_the_beam_and_gating_resumes_by_itself(
+    fault: str, degraded: str, lost: str
+) -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    h.room.faults.add(fault)
+    h.run(0.06)
+    assert h.mode is Mode.TREATING and h.last.gate is GateCommand.CLOSE
+    assert degraded in h.last.beam_permit.denied_by
+    h.room.faults.discard(fault)
+    out = h.tick()
+    assert degraded not in out.beam_permit.denied_by
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    assert h.mode is Mode.TREATING
+    assert not trip_ids(h)
+    assert all(lost not in o.beam_permit.denied_by for o in h.outputs)
+
+
+@pytest.mark.parametrize(("device", "rule_id"), [("beam_gate", "IL-030"), ("imaging", "IL-031")])
+def test_offline_does_not_come_online_while_a_device_is_degraded(
+    device: str, rule_id: str
+) -> None:
+    h = Harness()
+    h.tamper = unhealthy(device)  # read, fresh and valid, but the session is not verified
+    h.run(0.3)
+    assert h.mode is Mode.OFFLINE
+    denied = set(h.last.beam_permit.denied_by)
+    assert rule_id in denied and not denied & {"IL-001", "IL-002", "IL-003", "IL-004"}
+    h.tamper = None
+    h.tick()
+    assert h.mode is Mode.SAFE
+
+
+@pytest.mark.parametrize(("device", "rule_id"), [("beam_gate", "IL-030"), ("imaging", "IL-031")])
+def test_arm_beam_on_and_resume_are_refused_while_a_device_is_degraded(
+    device: str, rule_id: str
+) -> None:
+    h = Harness()
+    h.to_setup()
+    h.run(0.3)
+    h.tamper = unhealthy(device)
+    result = h.command(CommandKind.ARM)
+    assert not result.accepted and rule_id in result.reason, result
+    assert h.mode is Mode.SETUP
+    h.tamper = None
+    assert h.command(CommandKind.ARM).accepted
+    h.tamper = unhealthy(device)
+    result = h.command(CommandKind.BEAM_ON)
+    assert not result.accepted and rule_id in result.reason, result
+    assert h.mode is Mode.READY
+    h.tamper = None
+    assert h.command(CommandKind.BEAM_ON).accepted
+    assert h.command(CommandKind.PAUSE).accepted
+    h.tamper = unhealthy(device)
+    result = h.command(CommandKind.RESUME)
+    assert not result.accepted and rule_id in result.reason, result
+    assert "degraded" in result.reason
+    assert h.mode is Mode.HOLD
+    h.tamper = None
+    assert h.command(CommandKind.RESUME).accepted
+    assert h.mode is Mode.TREATING
+    assert not trip_ids(h)
+
+
+def test_stuck_gate_is_not_judged_from_a_reading_taken_before_the_close_command() -> None:
+    """The beam gate's link fails while the gate is open: IL-030 commands it closed at once,
+    and for up to device_stale_s the core still sees the last good reading, taken before that
+    command, saying "open". That proves nothing about the gate: no IL-010, only IL-001 once
+    the reading is stale."""
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN and x.room.gate_open, max_s=10)
+    h.room.faults.add("beam_gate_disconnect")
+    out = h.tick()
+    assert out.gate is GateCommand.CLOSE
+    closed_at = h.t
+    kept = h.room.snapshot(h.t).beam_gate
+    assert kept.status is not None and kept.status.gate_open_readback
+    assert kept.read_at is not None and kept.read_at < closed_at
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.5)
+    # Well past the actuation timeout with an "open" readback in hand, and yet:
+    assert h.t - closed_at > 4 * PARAMS.gate_actuation_timeout_s
+    assert trip_ids(h) == ["IL-001"]
+
+
+def test_stuck_gate_is_judged_from_the_first_reading_taken_after_the_actuation_window() -> None:
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN and x.room.gate_open, max_s=10)
+    h.room.faults.update({"beam_gate_disconnect", "stuck_gate"})
+    assert h.tick().gate is GateCommand.CLOSE
+    h.run(0.03)  # longer than the actuation timeout, shorter than device_stale_s
+    assert h.mode is Mode.TREATING and not trip_ids(h)
+    h.room.faults.discard("beam_gate_disconnect")
+    h.tick()  # a fresh reading, taken 32 ms after the close command: still open
+    assert h.mode is Mode.FAULT
+    assert trip_ids(h) == ["IL-010"]
+
+
+def test_uncommanded_xray_is_not_judged_from_a_reading_taken_before_the_stop() -> None:
+    params = replace(PARAMS, xray_actuation_timeout_s=0.03)
+    h = Harness(params)
+    h.to_setup()
+    assert h.until(lambda x: x.room.exposing, max_s=1)
+    h.tick()
+    h.room.faults.add("imaging_disconnect")
+    assert h.command(CommandKind.STOP_IMAGING).accepted
+    assert h.last.xray is XrayCommand.STOP
+    stopped_at = h.t
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.5)
+    assert h.t - stopped_at > 2 * params.xray_actuation_timeout_s
+    assert trip_ids(h) == ["IL-002"]
 
 
 def test_estop_closes_the_gate_in_the_same_step() -> None:

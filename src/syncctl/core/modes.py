@@ -55,17 +55,20 @@ _FRACTION = (Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD)
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(Trigger.DEVICES_ONLINE, (Mode.OFFLINE,), Mode.SAFE,
-               "both devices read, fresh and valid"),
+               "both devices read, fresh, valid and not degraded"),
     Transition(Trigger.SELECT_PLAN, (Mode.SAFE,), Mode.SETUP,
                "plan exists; no termination condition present"),
     Transition(Trigger.START_IMAGING, (Mode.SETUP,), None, "none"),
     Transition(Trigger.STOP_IMAGING, (Mode.SETUP,), None, "none"),
     Transition(Trigger.ARM, (Mode.SETUP,), Mode.READY,
-               "imaging running and tracking; beam-gate ready; no termination condition"),
+               "imaging running and tracking; beam-gate ready; neither device degraded;"
+               " no termination condition"),
     Transition(Trigger.BEAM_ON, (Mode.READY,), Mode.TREATING,
-               "imaging running and tracking; beam-gate ready; no termination condition"),
+               "imaging running and tracking; beam-gate ready; neither device degraded;"
+               " no termination condition"),
     Transition(Trigger.PAUSE, (Mode.TREATING,), Mode.HOLD, "none"),
-    Transition(Trigger.RESUME, (Mode.HOLD,), Mode.TREATING, "no termination condition"),
+    Transition(Trigger.RESUME, (Mode.HOLD,), Mode.TREATING,
+               "neither device degraded; no termination condition"),
     Transition(Trigger.ABORT, _FRACTION, Mode.SAFE, "none (operator termination)"),
     Transition(Trigger.COMPLETE, (Mode.TREATING, Mode.HOLD), Mode.COMPLETE,
                "planned dose reached and no other termination"),

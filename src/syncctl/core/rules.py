@@ -9,6 +9,18 @@ When a device is lost or its data cannot be trusted, only the rule for that
 reason shown is the real one. The lost/invalid rule denies both permits, so nothing that
 depends on an unknown value can pass.
 
+*Lost* (IL-001/IL-002, termination) means no status, no read time, or a last good read older
+than ``device_stale_s``. A device whose last transaction failed (or whose session settings are
+not verified yet) but whose last good read is still fresh is *degraded* (IL-030/IL-031,
+interruption): the beam waits, the X-ray may go on, and the other rules keep reading the last
+good status. A link that stays down goes stale and becomes lost.
+
+Stuck gate (IL-010) and uncommanded X-ray (IL-011) are judged only from a reading *taken*
+more than the actuation timeout after the command changed (``read_at - changed_at``), never
+from the age of the command at ``now``: a degraded device hands the core readings up to
+``device_stale_s`` old, and a reading taken before the actuator could have moved proves
+nothing.
+
 Rule ids are stable: they appear in the audit trail, the safety cases and the operator's
 screen. Never renumber a rule; retire it and take a new id.
 """
@@ -18,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from syncctl.core.gating import elapsed
+from syncctl.core.gating import elapsed, is_finite_number
 from syncctl.core.state import CoreState, Observation
 from syncctl.core.types import GateCommand, Inhibits, Mode, RuleClass, XrayCommand
 
@@ -84,6 +96,25 @@ def _xi_lost(f: Facts) -> bool:
     return f.obs.imaging_lost
 
 
+def _bg_degraded(f: Facts) -> bool:
+    return f.obs.beam_gate_degraded
+
+
+def _xi_degraded(f: Facts) -> bool:
+    return f.obs.imaging_degraded
+
+
+def _taken_after(read_at: float | None, since: float, timeout_s: float) -> bool:
+    """The reading was taken more than ``timeout_s`` after ``since`` (the command change).
+    A plain subtraction on the reading's own time: a reading taken before the actuator could
+    have moved proves nothing, however late it reaches the core."""
+    if read_at is None or not is_finite_number(read_at):
+        return False  # no reading to judge from (such a device is lost: IL-001/IL-002)
+    if not is_finite_number(since):
+        return True  # when the command changed is unknown: any reading may judge it
+    return read_at - since > timeout_s
+
+
 def _bg_invalid(f: Facts) -> bool:
     return bool(f.obs.beam_gate_invalid)
 
@@ -123,7 +154,8 @@ def _stuck_gate(f: Facts) -> bool:
         bg is not None
         and bg.gate_open_readback
         and f.state.gate is GateCommand.CLOSE
-        and elapsed(f.now, f.state.gate_changed_at) > f.state.params.gate_actuation_timeout_s
+        and _taken_after(f.obs.beam_gate_read_at, f.state.gate_changed_at,
+                         f.state.params.gate_actuation_timeout_s)
     )
 
 
@@ -133,7 +165,8 @@ def _uncommanded_xray(f: Facts) -> bool:
         xi is not None
         and xi.exposing
         and f.state.xray is XrayCommand.STOP
-        and elapsed(f.now, f.state.xray_changed_at) > f.state.params.xray_actuation_timeout_s
+        and _taken_after(f.obs.imaging_read_at, f.state.xray_changed_at,
+                         f.state.params.xray_actuation_timeout_s)
     )
 
 
@@ -237,10 +270,11 @@ I = RuleClass.INTERRUPTION  # noqa: E741 - reads as the IEC class letter in the 
 
 RULES: tuple[Rule, ...] = (
     Rule("IL-001", "beam_gate_lost",
-         "Beam-gate controller lost: not read, unhealthy, or last good read too old",
+         "Beam-gate controller lost: never read, or last good read older than the stale limit",
          T, BOTH, _bg_lost),
     Rule("IL-002", "imaging_lost",
-         "X-ray imaging controller lost: not read, unhealthy, or last good read too old",
+         "X-ray imaging controller lost: never read, or last good read older than the stale"
+         " limit",
          T, BOTH, _xi_lost),
     Rule("IL-003", "beam_gate_data_invalid",
          "Beam-gate controller reported a malformed, out-of-range or contradictory value",
@@ -303,6 +337,14 @@ RULES: tuple[Rule, ...] = (
          I, BEAM, _outside_window),
     Rule("IL-029", "beam_gate_not_ready", "Beam-gate controller not ready",
          I, BEAM, _bg_not_ready),
+    Rule("IL-030", "beam_gate_degraded",
+         "Beam-gate controller degraded: last transaction failed or settings not verified"
+         " (last good read still fresh)",
+         I, BEAM, _bg_degraded),
+    Rule("IL-031", "imaging_degraded",
+         "Imaging controller degraded: last transaction failed or settings not verified"
+         " (last good read still fresh)",
+         I, BEAM, _xi_degraded),
 )
 
 RULES_BY_ID: dict[str, Rule] = {rule.rule_id: rule for rule in RULES}

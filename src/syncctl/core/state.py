@@ -74,8 +74,12 @@ def initial_state(params: CoreParams, now: float) -> CoreState:
 class Observation:
     """What one step makes of the snapshot, independent of mode and plan.
 
-    ``beam_gate``/``imaging`` hold a status only when it is usable: read, healthy, fresh and
-    valid. Otherwise exactly one of ``*_lost`` or ``*_invalid`` says why.
+    ``beam_gate``/``imaging`` hold a status only when it is usable: read, fresh and valid.
+    Otherwise exactly one of ``*_lost`` or ``*_invalid`` says why.
+
+    ``*_degraded``: the reading is present and fresh but not healthy (the last transaction
+    failed, or the session's settings are not verified yet). Its status is the last good one
+    and stays usable for every rule that reads values; only the beam waits (IL-030/IL-031).
     """
 
     now: float
@@ -84,10 +88,12 @@ class Observation:
     beam_gate: BeamGateStatus | None
     beam_gate_read_at: float | None
     beam_gate_lost: bool
+    beam_gate_degraded: bool
     beam_gate_invalid: str
     imaging: ImagingStatus | None
     imaging_read_at: float | None
     imaging_lost: bool
+    imaging_degraded: bool
     imaging_invalid: str
     frame_age_s: float
 
@@ -166,10 +172,11 @@ def imaging_problem(status: ImagingStatus, last_mas: float | None) -> str:
     return ""
 
 
-def _reading_lost(
-    healthy: bool, has_status: bool, read_at: float | None, now: float, stale_s: float
-) -> bool:
-    if not healthy or not has_status or read_at is None:
+def _reading_lost(has_status: bool, read_at: float | None, now: float, stale_s: float) -> bool:
+    """Lost (IL-001/IL-002): never read, no read time, or the last good read is older than
+    ``stale_s`` (or stamped in the future, which ``elapsed`` makes infinitely old). A failed
+    transaction alone is not a loss: that reading is *degraded* until it goes stale."""
+    if not has_status or read_at is None:
         return True
     return elapsed(now, read_at) > stale_s
 
@@ -184,14 +191,13 @@ def observe(
 ) -> Observation:
     params = state.params
     bg_lost = _reading_lost(
-        beam_gate.healthy, beam_gate.status is not None, beam_gate.read_at, now,
-        params.device_stale_s,
+        beam_gate.status is not None, beam_gate.read_at, now, params.device_stale_s
     )
     bg_problem = ""
     if not bg_lost and beam_gate.status is not None:
         bg_problem = beam_gate_problem(beam_gate.status, state.last_dose_mu)
     xi_lost = _reading_lost(
-        imaging.healthy, imaging.status is not None, imaging.read_at, now, params.device_stale_s
+        imaging.status is not None, imaging.read_at, now, params.device_stale_s
     )
     xi_problem = ""
     if not xi_lost and imaging.status is not None:
@@ -211,10 +217,12 @@ def observe(
         beam_gate=bg_usable,
         beam_gate_read_at=beam_gate.read_at,
         beam_gate_lost=bg_lost,
+        beam_gate_degraded=not bg_lost and beam_gate.healthy is not True,
         beam_gate_invalid=bg_problem,
         imaging=xi_usable,
         imaging_read_at=imaging.read_at,
         imaging_lost=xi_lost,
+        imaging_degraded=not xi_lost and imaging.healthy is not True,
         imaging_invalid=xi_problem,
         frame_age_s=frame_age_s,
     )

@@ -5,8 +5,9 @@ Order inside a step, and why:
 1. Check the clock. Time is an argument; a value that is not finite, goes backwards, or jumps
    further than ``max_time_step_s`` is a clock fault (IL-018), and every age is then computed
    so that it reads as too old.
-2. Observe: decide for each device whether its reading is usable (read, healthy, fresh,
-   valid); update the frame history and gating; note heartbeat echoes and counters.
+2. Observe: decide for each device whether its reading is usable (read, fresh, valid) and
+   whether it is degraded (usable, but its last transaction failed: the beam waits);
+   update the frame history and gating; note heartbeat echoes and counters.
 3. Evaluate every rule. Terminations pre-empt everything: a fraction in progress trips to
    FAULT (or COMPLETE when the only one is the planned dose) *before* the command is looked at,
    so a command can never race a trip.
@@ -251,10 +252,16 @@ def _maybe_come_online(
         return state
     if obs.beam_gate is None or obs.imaging is None or obs.clock_fault:
         return state
+    if obs.beam_gate_degraded or obs.imaging_degraded:
+        return state
     return _change_mode(state, Trigger.DEVICES_ONLINE, now, events, ())
 
 
 # --- 4. commands ------------------------------------------------------------------------------
+
+
+DEGRADED_RULE_IDS = frozenset({"IL-030", "IL-031"})
+"""A device whose last transaction failed: ARM, BEAM_ON and RESUME wait for it."""
 
 
 def _termination_blockers(obs: Observation, state: CoreState, rules: tuple[Rule, ...]) -> list[str]:
@@ -262,9 +269,15 @@ def _termination_blockers(obs: Observation, state: CoreState, rules: tuple[Rule,
     return [r.rule_id for r in active if r.is_termination]
 
 
+def _resume_blockers(obs: Observation, state: CoreState, rules: tuple[Rule, ...]) -> list[str]:
+    """Terminations, and a degraded device: the beam does not resume on a failing link."""
+    active = active_rules(Facts(obs, state), rules)
+    return [r.rule_id for r in active if r.is_termination or r.rule_id in DEGRADED_RULE_IDS]
+
+
 def _readiness_blockers(obs: Observation, state: CoreState, rules: tuple[Rule, ...]) -> list[str]:
     """What keeps imaging from confirming a target, or the gate from being usable."""
-    wanted = {"IL-022", "IL-023", "IL-024", "IL-025", "IL-026", "IL-029"}
+    wanted = {"IL-022", "IL-023", "IL-024", "IL-025", "IL-026", "IL-029"} | DEGRADED_RULE_IDS
     active = active_rules(Facts(obs, state), rules)
     return [r.rule_id for r in active if r.rule_id in wanted or r.is_termination]
 
@@ -327,9 +340,11 @@ def _apply_command(
         if blockers:
             return refuse("not ready: " + _describe(blockers))
     elif kind is CommandKind.RESUME:
-        blockers = _termination_blockers(obs, state, rules)
+        blockers = _resume_blockers(obs, state, rules)
         if blockers:
-            return refuse("termination conditions present: " + _describe(blockers))
+            what = "device degraded" if set(blockers) <= DEGRADED_RULE_IDS else (
+                "termination conditions present")
+            return refuse(f"{what}: " + _describe(blockers))
     elif kind is CommandKind.ABORT:
         new = replace(state, plan=None, imaging_requested=False)
     elif kind is CommandKind.ACKNOWLEDGE:

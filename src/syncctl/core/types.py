@@ -122,8 +122,13 @@ class BeamGateReading:
     """The latest read of the BGC as the I/O shell saw it.
 
     ``status`` is None when the device was never read successfully. ``healthy`` is False
-    whenever the link is down, the last transaction failed, or settings are not verified.
-    ``read_at`` is the controller time of the last good read.
+    whenever the link is down, the last transaction failed, or settings are not verified;
+    ``status`` and ``read_at`` then stay those of the last good read. ``read_at`` is the
+    controller time of the last good read.
+
+    The core counts an unhealthy reading whose last good read is still fresh as *degraded*
+    (the beam waits, IL-030/IL-031) and one older than ``device_stale_s``, or never read, as
+    *lost* (termination, IL-001/IL-002).
     """
 
     status: BeamGateStatus | None
@@ -272,7 +277,8 @@ class CoreParams:
     heartbeat_period_s: float
     device_watchdog_timeout_s: float
     device_stale_s: float
-    """A device reading older than this counts as a lost device."""
+    """A device whose last good read is older than this counts as lost (IL-001/IL-002); a
+    failed transaction before then only makes it degraded (IL-030/IL-031)."""
     max_time_step_s: float
     """Two steps further apart than this are a clock jump (termination)."""
     dose_tolerance_mu: float

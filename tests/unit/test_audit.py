@@ -528,3 +528,22 @@ def test_config_and_treatment_records(tmp_path: Path) -> None:
     treatment = next(r for r in records if r["kind"] == Kind.TREATMENT_RECORD)
     assert json.loads(treatment["payload"]) == summary
     assert treatment["fraction_id"] == "sim-1-x-lung-01" and treatment["room"] == "sim-1"
+
+
+def test_a_failed_commit_is_retried_without_breaking_the_chain(tmp_path: Path) -> None:
+    path = tmp_path / "a.db"
+    with AuditTrail(path, flush_interval_s=FAST) as trail:
+        assert wait_for(lambda: trail.stats.commits == 1)
+        blocker = sqlite3.connect(path, isolation_level=None)
+        try:
+            blocker.execute("BEGIN IMMEDIATE")  # another writer holds the lock
+            for i in range(5):
+                trail.record("while_locked", {"i": i})
+            assert wait_for(lambda: trail.stats.commit_errors >= 1, timeout_s=30)
+            blocker.execute("ROLLBACK")
+        finally:
+            blocker.close()
+        trail.record("after", {})
+    records = read_records(path)
+    assert [r["kind"] for r in records] == [Kind.TRAIL_OPENED, *["while_locked"] * 5, "after"]
+    assert verify(path).ok

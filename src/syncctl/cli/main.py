@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     docs_cmd.register(sub)
     run_cmd.register(sub)
     sim_cmd.register(sub)
+    from syncctl.cli import safety_cmd  # here, so that registering it is one edit
+
+    safety_cmd.register(sub)
     return parser
 
 

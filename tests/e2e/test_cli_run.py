@@ -50,7 +50,8 @@ def test_run_ends_safe_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
             config = tmp_path / "room.yaml"
             config.write_text(text)
             with subprocess.Popen(
-                [sys.executable, "-m", "syncctl", "run", "--config", str(config)],
+                [sys.executable, "-m", "syncctl", "run", "--config", str(config),
+                 "--record", str(tmp_path / "session.fraction.jsonl.gz")],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                 text=True, cwd=ROOT, env=dict(os.environ, PYTHONUNBUFFERED="1"),
             ) as proc:
@@ -60,6 +61,13 @@ def test_run_ends_safe_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
             assert proc.returncode == 0, output
             assert "safe state confirmed by readback" in output
             assert "Traceback" not in output
+            assert f"to {tmp_path / 'session.fraction.jsonl.gz'}" in output
+            replayed = subprocess.run(
+                [sys.executable, "-m", "syncctl", "replay",
+                 str(tmp_path / "session.fraction.jsonl.gz")],
+                capture_output=True, text=True, timeout=120, check=False)
+            assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+            assert "IDENTICAL" in replayed.stdout
         finally:
             assert sim.stop() == 0
 

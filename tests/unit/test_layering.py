@@ -27,6 +27,7 @@ LAYERS = {
     "controller": 4,
     "bus": 5,
     "audit": 5,
+    "recording": 5,
     "console": 6,
     "safety": 6,
     "commission": 6,

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 from syncctl.core.gating import inside_window
 from syncctl.core.types import Position, Window
@@ -203,15 +204,15 @@ class Truth:
     faults: list[dict[str, object]]
 
 
-def load_truth(directory: Path) -> Truth:
-    """Read ``beam-gate.jsonl`` and ``imaging.jsonl`` (docs/simulators.md). A truncated last
-    line (the simulator was killed mid-write) is ignored."""
-    gate: list[GateSample] = []
-    targets: list[TargetSample] = []
-    frames: list[float] = []
-    commands: list[float] = []
-    faults: list[dict[str, object]] = []
-    for name in ("beam-gate.jsonl", "imaging.jsonl"):
+TRUTH_FILES = {"beam-gate": "beam-gate.jsonl", "imaging": "imaging.jsonl"}
+"""Device name -> ground-truth file name in a simulator's ``--truth`` directory."""
+
+
+def read_truth_rows(directory: Path) -> dict[str, list[dict[str, Any]]]:
+    """The rows of each device's truth file. A truncated last line (the simulator was killed
+    mid-write) is ignored."""
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for device, name in TRUTH_FILES.items():
         path = directory / name
         if not path.exists():
             continue
@@ -220,6 +221,25 @@ def load_truth(directory: Path) -> Truth:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if isinstance(row, dict):
+                rows.setdefault(device, []).append(row)
+    return rows
+
+
+def load_truth(directory: Path) -> Truth:
+    """Read ``beam-gate.jsonl`` and ``imaging.jsonl`` (docs/simulators.md)."""
+    return truth_from_rows(read_truth_rows(directory))
+
+
+def truth_from_rows(rows: dict[str, list[dict[str, Any]]]) -> Truth:
+    """The analysis form of truth rows, from files or from a fraction recording."""
+    gate: list[GateSample] = []
+    targets: list[TargetSample] = []
+    frames: list[float] = []
+    commands: list[float] = []
+    faults: list[dict[str, object]] = []
+    for device_rows in rows.values():
+        for row in device_rows:
             kind = row.get("type")
             if kind == "state" and "gate_open" in row:
                 gate.append(GateSample(row["t"], row["gate_open"], row["spill_active"],

@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from syncctl.analysis.truth import (
+    Truth,
     beam_on_time,
     dose_outside_window,
     gating_latencies,
-    load_truth,
     percentiles,
+    read_truth_rows,
     sync_latencies,
+    truth_from_rows,
 )
 from syncctl.cli.faults import FAULTS, Fault, inject, parse_fault
 from syncctl.cli.fraction import (
@@ -46,6 +48,7 @@ from syncctl.config.backdoor import load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import EventKind, Mode
 from syncctl.devices import BeamGateClient, ImagingClient
+from syncctl.recording import FractionRecorder, default_path, header_for, read_recording
 
 EXIT_ERROR = 1
 """The simulators could not be started (exit codes 0, 2, 3: see syncctl.cli.fraction)."""
@@ -115,6 +118,17 @@ async def _inject_later(injection: Injection, layout: Any, backdoor: dict[str, A
     say(f"inject {injection.name}: {injection.fault.what}")
 
 
+def recording_path(args: argparse.Namespace, config: RoomConfig, plan_id: str) -> Path | None:
+    """Where to record the fraction: a file named by --record, or a new file in the directory
+    it names (default ``recordings/``); None with --no-record."""
+    if args.no_record:
+        return None
+    target = Path(args.record)
+    if target.name.endswith(".gz"):
+        return target
+    return default_path(target, config.room.room.id, plan_id)
+
+
 async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     params = config.to_core_params()
     plan_id = args.plan or params.plans[0].plan_id
@@ -127,6 +141,7 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
         "--imaging-link", str(workdir / "xic"), "--backdoor-port", "0",
     ], stderr=sim_log)
     beam_gate = imaging = None
+    recording: FractionRecorder | None = None
     recorder = Recorder()
     progress = Progress(plan.planned_dose_mu, enabled=not args.quiet)
     try:
@@ -140,6 +155,11 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
             deadline_s=limits.cycle_deadline_ms / 1000,
             max_consecutive_overruns=limits.max_consecutive_overruns,
         )
+        record_to = recording_path(args, config, plan_id)
+        if record_to is not None:
+            recording = FractionRecorder(record_to, header_for(
+                config, controller.state, source="demo", plan_id=plan_id, seed=args.seed))
+            controller.listeners.append(recording)
         stop = asyncio.Event()
         operator = ScriptedOperator(controller, plan_id)
 
@@ -174,22 +194,35 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
         cpu_s = time.process_time() - cpu0
         wall_s = time.monotonic() - wall0
         progress.finish()
+    except BaseException:
+        if recording is not None:
+            recording.close()  # keep what was recorded of a run that failed
+        raise
     finally:
         for client in (beam_gate, imaging):
             if client is not None:
                 await client.close()
         sim.stop()
         sim_log.close()
-    return summarise(config, plan_id, recorder, truth_dir, safe, controller, cpu_s, wall_s,
-                     args.seed)
+    truth_rows = read_truth_rows(truth_dir)
+    summary = summarise(config, plan_id, recorder, truth_from_rows(truth_rows), safe, controller,
+                        cpu_s, wall_s, args.seed)
+    if recording is not None:
+        for device, rows in truth_rows.items():
+            for row in rows:
+                recording.add({"type": "truth", "device": device, "row": row})
+        recording.add({"type": "summary", "figures": summary})
+        stats = recording.close()
+        summary["recording"] = str(stats.path)
+        summary["recording_dropped_steps"] = stats.dropped
+    return summary
 
 
-def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth_dir: Path, safe: bool,
+def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth: Truth, safe: bool,
               controller: Controller, cpu_s: float, wall_s: float, seed: int) -> dict[str, Any]:
     params = config.to_core_params()
     plan = params.plan(plan_id)
     assert plan is not None
-    truth = load_truth(truth_dir)
     start = rec.treating_started or (truth.gate[-1].t if truth.gate else 0.0)
     end = rec.ended_at or (truth.gate[-1].t if truth.gate else start)
     in_fraction = [g for g in truth.gate if g.t >= start - 0.01]
@@ -236,6 +269,9 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth_dir: Path, 
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.review and args.no_record:
+        print("error: --review needs the recording: drop --no-record", file=sys.stderr)
+        return EXIT_USAGE
     loaded = load_room_and_plan(args.config, args.plan)
     if loaded is None:
         return EXIT_USAGE
@@ -254,6 +290,11 @@ def _run(args: argparse.Namespace) -> int:
         except SimulatorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
+    if args.review and "recording" in summary:
+        from syncctl.analysis.review import write_review  # matplotlib: only when asked
+
+        report = write_review(read_recording(Path(summary["recording"])), Path(args.review))
+        summary["review"] = str(report)
     if not args.quiet:
         print_summary(summary)
     if args.json:
@@ -280,6 +321,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--json", help="also write the summary as JSON to this path")
     p.add_argument("--keep", metavar="DIR",
                    help="keep the ground truth and simulator log in DIR")
+    p.add_argument("--record", default="recordings", metavar="DIR|FILE",
+                   help="record the fraction into a new file in DIR, or into FILE when it ends "
+                   "in .gz (default: recordings/); see `syncctl replay` and `syncctl review`")
+    p.add_argument("--no-record", action="store_true", help="do not record the fraction")
+    p.add_argument("--review", metavar="DIR",
+                   help="write the fraction's review report (HTML and plots) into DIR")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--verbose", action="store_true",
                    help="log the controller's warnings (cycle overruns, failed writes)")

@@ -7,7 +7,16 @@ import sys
 from collections.abc import Sequence
 
 from syncctl import __version__
-from syncctl.cli import config_cmd, demo_cmd, docs_cmd, dryrun_cmd, run_cmd, sim_cmd
+from syncctl.cli import (
+    config_cmd,
+    demo_cmd,
+    docs_cmd,
+    dryrun_cmd,
+    replay_cmd,
+    review_cmd,
+    run_cmd,
+    sim_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo_cmd.register(sub)
     dryrun_cmd.register(sub)
     docs_cmd.register(sub)
+    replay_cmd.register(sub)
+    review_cmd.register(sub)
     run_cmd.register(sub)
     sim_cmd.register(sub)
     from syncctl.cli import safety_cmd  # here, so that registering it is one edit

@@ -25,6 +25,7 @@ from syncctl.config import ConfigError, config_hash, load_room
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import Command, CommandKind, EventKind
 from syncctl.devices import BeamGateClient, ImagingClient
+from syncctl.recording import FractionRecorder, default_path, header_for
 
 WORDS = {
     "imaging on": CommandKind.START_IMAGING,
@@ -76,6 +77,13 @@ async def _main(args: argparse.Namespace) -> int:
         deadline_s=limits.cycle_deadline_ms / 1000,
         max_consecutive_overruns=limits.max_consecutive_overruns,
     )
+    recording: FractionRecorder | None = None
+    if not args.no_record:
+        target = Path(args.record)
+        path = target if target.name.endswith(".gz") else default_path(
+            target, config.room.room.id, "session")
+        recording = FractionRecorder(path, header_for(config, controller.state, source="run"))
+        controller.listeners.append(recording)
     latest: list[ControllerReport] = []
 
     def show(report: ControllerReport) -> None:
@@ -120,6 +128,10 @@ async def _main(args: argparse.Namespace) -> int:
             loop.remove_reader(sys.stdin)
         await beam_gate.close()
         await imaging.close()
+        if recording is not None:
+            stats = recording.close()
+            print(f"recorded {stats.steps} steps to {stats.path}"
+                  + (f" ({stats.dropped} DROPPED)" if stats.dropped else ""), flush=True)
     print("safe state confirmed by readback" if safe
           else "SAFE STATE NOT CONFIRMED: check the devices", flush=True)
     return 0 if safe else 1
@@ -144,5 +156,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--config", required=True, help="room configuration")
     p.add_argument("--operator", default="console", help="operator id recorded with commands")
     p.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
+    p.add_argument("--record", default="recordings", metavar="DIR|FILE",
+                   help="record the session into a new file in DIR, or into FILE when it ends "
+                   "in .gz (default: recordings/)")
+    p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--verbose", action="store_true", help="log controller warnings")
     p.set_defaults(handler=_run)

@@ -1,0 +1,188 @@
+"""Replay a recorded fraction through the pure core and compare its decisions.
+
+With the recording's own parameters the core must decide exactly what it decided then: every
+output of every step, compared in its recorded (JSON) form. With other parameters (another
+room configuration: a tighter window, a different threshold), the replay reports every step
+where the beam permit or the X-ray permit would have differed, and what that would have meant.
+
+The replay is *open loop*: the recorded snapshots are what the devices did in answer to the
+decisions actually taken. Where the replayed core would have opened the gate when the real one
+did not, no dose was delivered then, and the devices would have gone on differently. The
+dose figures of a counterfactual replay are therefore estimates (see ``estimate_dose``), and
+everything after the first mode difference says what the core would have *permitted* on that
+input, not what would have happened.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from syncctl.analysis.truth import Truth, beam_on_time, truth_from_rows
+from syncctl.core import RULES, CoreParams, Plan, Position, Rule, initial_state, step
+from syncctl.core.gating import inside_window
+from syncctl.core.types import Window
+from syncctl.recording import Recording
+from syncctl.recording.codec import encode_outputs
+
+
+@dataclass(frozen=True)
+class PermitDifference:
+    """One step where a permit would have differed."""
+
+    index: int
+    t: float
+    """Seconds since the first recorded step."""
+    permit: str
+    """"beam" or "xray"."""
+    recorded: bool
+    replayed: bool
+    recorded_denied_by: tuple[str, ...]
+    replayed_denied_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A run of consecutive steps with the same permit difference."""
+
+    permit: str
+    start_s: float
+    end_s: float
+    steps: int
+    recorded: bool
+    replayed: bool
+    recorded_denied_by: tuple[str, ...]
+    replayed_denied_by: tuple[str, ...]
+
+
+@dataclass
+class ReplayResult:
+    steps: int
+    identical: bool
+    """Every output of every step equals the recorded one."""
+    first_mismatch: int | None = None
+    first_mismatch_fields: tuple[str, ...] = ()
+    first_mode_difference: tuple[int, str, str] | None = None
+    """(step, recorded mode, replayed mode) of the first step whose mode differs."""
+    differences: list[PermitDifference] = field(default_factory=list)
+    beam_permit_s: tuple[float, float] = (0.0, 0.0)
+    """(recorded, replayed) seconds with the beam permit granted."""
+    xray_permit_s: tuple[float, float] = (0.0, 0.0)
+    dose_estimate: dict[str, Any] | None = None
+
+    def intervals(self) -> list[Interval]:
+        return group_intervals(self.differences)
+
+
+def replay(rec: Recording, params: CoreParams | None = None,
+           rules: tuple[Rule, ...] = RULES) -> ReplayResult:
+    """Feed the recorded snapshots and commands through ``step`` and compare."""
+    params = params if params is not None else rec.params
+    state = initial_state(params, rec.initial_now)
+    result = ReplayResult(steps=len(rec.steps), identical=not rec.dropped)
+    t0 = rec.steps[0].now if rec.steps else 0.0
+    beam_rec = beam_rep = xray_rec = xray_rep = 0.0
+    for k, s in enumerate(rec.steps):
+        state, out = step(state, s.snapshot, s.command, s.now, rules)
+        mine = encode_outputs(out, state.mode)
+        if mine != s.out:
+            if result.first_mismatch is None:
+                result.first_mismatch = s.index
+                result.first_mismatch_fields = tuple(
+                    sorted(key for key in mine if mine[key] != s.out.get(key)))
+            result.identical = False
+        if result.first_mode_difference is None and mine["mode"] != s.out["mode"]:
+            result.first_mode_difference = (s.index, s.out["mode"], mine["mode"])
+        dt = rec.steps[k + 1].now - s.now if k + 1 < len(rec.steps) else 0.0
+        for permit, key in (("beam", "beam"), ("xray", "xray_permit")):
+            was, was_by = s.out[key][0], tuple(s.out[key][1])
+            now_, now_by = mine[key][0], tuple(mine[key][1])
+            if permit == "beam":
+                beam_rec += dt * was
+                beam_rep += dt * now_
+            else:
+                xray_rec += dt * was
+                xray_rep += dt * now_
+            if was != now_:
+                result.differences.append(PermitDifference(
+                    s.index, s.now - t0, permit, was, now_, was_by, now_by))
+    result.beam_permit_s = (beam_rec, beam_rep)
+    result.xray_permit_s = (xray_rec, xray_rep)
+    result.dose_estimate = estimate_dose(rec, params, result)
+    return result
+
+
+def group_intervals(diffs: Sequence[PermitDifference]) -> list[Interval]:
+    """Consecutive steps with the same difference of the same permit, as one interval."""
+    out: list[Interval] = []
+    open_at: dict[str, tuple[int, int]] = {}  # permit -> (last step index, position in out)
+    for d in diffs:
+        key = (d.recorded, d.replayed, d.recorded_denied_by, d.replayed_denied_by)
+        prev = open_at.get(d.permit)
+        if prev is not None and prev[0] == d.index - 1:
+            iv = out[prev[1]]
+            if key == (iv.recorded, iv.replayed, iv.recorded_denied_by, iv.replayed_denied_by):
+                out[prev[1]] = Interval(d.permit, iv.start_s, d.t, iv.steps + 1, *key)
+                open_at[d.permit] = (d.index, prev[1])
+                continue
+        out.append(Interval(d.permit, d.t, d.t, 1, *key))
+        open_at[d.permit] = (d.index, len(out) - 1)
+    return out
+
+
+def _plan(rec: Recording, params: CoreParams) -> Plan | None:
+    plan_id = rec.header.get("plan_id")
+    return params.plan(plan_id) if isinstance(plan_id, str) else None
+
+
+def estimate_dose(rec: Recording, params: CoreParams,
+                  result: ReplayResult) -> dict[str, Any] | None:
+    """What the beam permits of each side would have delivered, by the ground truth.
+
+    Needs the simulators' truth in the recording. The dose rate is the one measured while the
+    gate was really open during a spill; a step is counted as delivering when its beam permit
+    is granted and the true spill is on. The window that judges *outside* is the recorded
+    (clinical) configuration's, so both sides are judged against the same target volume.
+    Gate latency is ignored on both sides, so compare the two estimates with each other.
+    """
+    if not rec.truth or not rec.steps:
+        return None
+    truth = truth_from_rows(rec.truth)
+    plan = _plan(rec, rec.params)
+    if plan is None or not truth.gate:
+        return None
+    on_s, _ = beam_on_time(truth.gate)
+    delivered = truth.gate[-1].dose_mu - truth.gate[0].dose_mu
+    rate = delivered / on_s if on_s > 0 else 0.0
+    recorded_side = _side_estimate(rec, truth, rec.params.window, plan.target, rate,
+                                   [bool(s.out["beam"][0]) for s in rec.steps])
+    replayed_side = _replayed_permits(rec, result)
+    replay_side = _side_estimate(rec, truth, rec.params.window, plan.target, rate,
+                                 replayed_side)
+    return {"dose_rate_mu_per_s": round(rate, 4), "recorded": recorded_side,
+            "replayed": replay_side}
+
+
+def _replayed_permits(rec: Recording, result: ReplayResult) -> list[bool]:
+    flips = {d.index: d.replayed for d in result.differences if d.permit == "beam"}
+    return [flips.get(s.index, bool(s.out["beam"][0])) for s in rec.steps]
+
+
+def _side_estimate(rec: Recording, truth: Truth, window: Window, centre: Position, rate: float,
+                   permits: list[bool]) -> dict[str, float]:
+    spill_t = [g.t for g in truth.gate]
+    total = outside = 0.0
+    for k, s in enumerate(rec.steps[:-1]):
+        if not permits[k]:
+            continue
+        i = bisect_right(spill_t, s.now) - 1
+        if i < 0 or not truth.gate[i].spill_active:
+            continue
+        dose = rate * (rec.steps[k + 1].now - s.now)
+        total += dose
+        where = truth.target.at(s.now)
+        if where is None or not inside_window(where, centre, window, 0.0):
+            outside += dose
+    return {"dose_mu": round(total, 3), "dose_outside_window_mu": round(outside, 4)}

@@ -1,0 +1,214 @@
+"""Fraction recordings: codec round trips, the writer off the hot path, crash-truncated files,
+and replay through the core (identical with the same parameters, differences with others)."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from syncctl.analysis.replay import replay
+from syncctl.config import load_room
+from syncctl.controller import ControllerReport
+from syncctl.core import (
+    BeamGateReading,
+    Command,
+    CommandKind,
+    ImagingReading,
+    Mode,
+    Snapshot,
+    WindowBox,
+    WindowSphere,
+    initial_state,
+    step,
+)
+from syncctl.core.gating import inside_window
+from syncctl.recording import FractionRecorder, header_for, read_recording
+from syncctl.recording.codec import (
+    decode_params,
+    decode_snapshot,
+    encode_params,
+    encode_snapshot,
+)
+from syncctl.recording.reader import RecordingError
+from syncctl.scripted import Breathing, ScriptedRoom
+from tests.unit.harness import PARAMS, TARGET
+
+ROOT = Path(__file__).resolve().parents[2]
+ROOM = load_room(ROOT / "configs" / "room-sim.yaml")
+
+
+def fraction_reports(seconds: float = 3.0, dt: float = 0.002,
+                     estop_at: float | None = None) -> list[ControllerReport]:
+    """A scripted fraction through the core, as the controller would hand it to listeners."""
+    room = ScriptedRoom(Breathing(TARGET, seed=3))
+    state = initial_state(PARAMS, 0.0)
+    script = {0.1: CommandKind.SELECT_PLAN, 0.12: CommandKind.START_IMAGING,
+              0.5: CommandKind.ARM, 0.52: CommandKind.BEAM_ON}
+    reports = []
+    t = 0.0
+    for _ in range(round(seconds / dt)):
+        t = round(t + dt, 6)
+        room.advance(t, inside_window(room.truth, TARGET, PARAMS.window, 0.0))
+        snap = room.snapshot(t)
+        if estop_at is not None and t >= estop_at and snap.beam_gate.status is not None:
+            snap = replace(snap, beam_gate=replace(
+                snap.beam_gate, status=replace(snap.beam_gate.status, estop_released=False)))
+        kind = script.get(round(t, 3))
+        command = Command(kind, "tester", "lung-01" if kind is CommandKind.SELECT_PLAN
+                          else None) if kind else None
+        state, out = step(state, snap, command, t)
+        room.apply(out, t)
+        reports.append(ControllerReport(t, snap, state, out))
+    return reports
+
+
+def record(path: Path, reports: list[ControllerReport], **kwargs: float) -> FractionRecorder:
+    rec = FractionRecorder(path, header_for(ROOM, initial_state(PARAMS, 0.0), source="test",
+                                            plan_id="lung-01"), **kwargs)  # type: ignore[arg-type]
+    for r in reports:
+        rec(r)
+    return rec
+
+
+def test_snapshot_round_trip_keeps_every_value_exactly() -> None:
+    snap = fraction_reports(0.3)[-1].snapshot
+    assert snap.imaging.status is not None and snap.beam_gate.status is not None
+    assert decode_snapshot(encode_snapshot(snap)) == snap
+    odd = replace(snap, imaging=replace(snap.imaging, status=replace(
+        snap.imaging.status, tracking_confidence=math.nan, cumulative_mas=math.inf,
+        frame_counter=2**70)), cycle_overrun=True)
+    back = decode_snapshot(encode_snapshot(odd))
+    assert back.imaging.status is not None
+    assert math.isnan(back.imaging.status.tracking_confidence)
+    assert back.imaging.status.cumulative_mas == math.inf
+    assert back.imaging.status.frame_counter == 2**70 and back.cycle_overrun
+    never = Snapshot(BeamGateReading(None, None, False), ImagingReading(None, None, False))
+    assert decode_snapshot(encode_snapshot(never)) == never
+
+
+@pytest.mark.parametrize("window", [WindowBox(3.0, 4.0, 5.5), WindowSphere(6.25)])
+def test_params_round_trip(window: WindowBox | WindowSphere) -> None:
+    params = replace(PARAMS, window=window)
+    assert decode_params(encode_params(params)) == params
+    assert decode_params(encode_params(ROOM.to_core_params())) == ROOM.to_core_params()
+
+
+def test_recorded_fraction_replays_identically(tmp_path: Path) -> None:
+    reports = fraction_reports()
+    assert reports[-1].state.mode is Mode.TREATING
+    assert any(r.outputs.beam_permit.granted for r in reports)
+    stats = record(tmp_path / "f.fraction.jsonl.gz", reports).close()
+    assert stats.steps == len(reports) and stats.dropped == 0
+    rec = read_recording(stats.path)
+    assert rec.complete and rec.bad_lines == 0 and len(rec.steps) == len(reports)
+    assert [s.snapshot for s in rec.steps] == [r.snapshot for r in reports]
+    result = replay(rec)
+    assert result.identical, (result.first_mismatch, result.first_mismatch_fields)
+    assert result.differences == []
+
+
+def test_replay_notices_a_changed_decision(tmp_path: Path) -> None:
+    """A recording whose outputs were not what this core decides is reported, step and field."""
+    reports = fraction_reports(1.0)
+    k = next(i for i, r in enumerate(reports) if r.outputs.beam_permit.granted)
+    forged = replace(reports[k].outputs, heartbeat=12345)
+    reports[k] = replace(reports[k], outputs=forged)
+    rec = read_recording(record(tmp_path / "f.fraction.jsonl.gz", reports).close().path)
+    result = replay(rec)
+    assert not result.identical
+    assert result.first_mismatch == k and result.first_mismatch_fields == ("heartbeat",)
+
+
+def test_replay_with_a_tighter_window_reports_permit_differences(tmp_path: Path) -> None:
+    rec = read_recording(record(tmp_path / "f.fraction.jsonl.gz", fraction_reports()).close().path)
+    tight = replace(PARAMS, window=WindowBox(1.0, 1.0, 1.0))
+    result = replay(rec, tight)
+    assert not result.identical
+    beam = [d for d in result.differences if d.permit == "beam"]
+    assert beam, "a 1 mm window must deny the beam where a 5 mm window granted it"
+    assert all(d.recorded and not d.replayed for d in beam)
+    assert any("IL-028" in d.replayed_denied_by for d in beam)
+    recorded_s, replayed_s = result.beam_permit_s
+    assert replayed_s < recorded_s
+    intervals = result.intervals()
+    assert sum(iv.steps for iv in intervals if iv.permit == "beam") == len(beam)
+
+
+def test_a_truncated_recording_reads_up_to_its_last_flush(tmp_path: Path) -> None:
+    path = tmp_path / "f.fraction.jsonl.gz"
+    stats = record(path, fraction_reports(1.0)).close()
+    data = path.read_bytes()
+    seen = []
+    for cut in (len(data) // 3, len(data) // 2, 2 * len(data) // 3):
+        cut_path = tmp_path / f"cut{cut}.fraction.jsonl.gz"
+        cut_path.write_bytes(data[:cut])
+        rec = read_recording(cut_path)
+        assert not rec.complete
+        assert len(rec.steps) < stats.steps
+        seen.append(len(rec.steps))
+        assert replay(rec).identical  # a prefix of a fraction replays exactly
+    assert seen == sorted(seen)
+    no_trailer = tmp_path / "no-trailer.fraction.jsonl.gz"
+    no_trailer.write_bytes(data[:-8])  # the gzip trailer lost: every line still reads
+    assert len(read_recording(no_trailer).steps) == stats.steps
+
+
+def test_a_recorder_that_was_never_closed_is_readable(tmp_path: Path) -> None:
+    """What a SIGKILL leaves: the writer flushed at its interval and then stopped."""
+    path = tmp_path / "f.fraction.jsonl.gz"
+    rec = record(path, fraction_reports(0.5), flush_interval_s=0.05)
+    deadline = threading.Event()
+    for _ in range(100):  # bounded wait for the writer to drain and flush (<= 5 s)
+        if rec.steps == 250 and path.stat().st_size > 200:
+            break
+        deadline.wait(0.05)
+    deadline.wait(0.2)  # one more flush interval
+    copy = tmp_path / "copy.fraction.jsonl.gz"
+    copy.write_bytes(path.read_bytes())  # the file as it is on disk now
+    read = read_recording(copy)
+    assert not read.complete and len(read.steps) == 250
+    rec.close()
+
+
+class SlowRecorder(FractionRecorder):
+    """A writer that stalls until released, to fill the queue deterministically."""
+
+    release = threading.Event()
+
+    def _write_item(self, item):  # type: ignore[no-untyped-def]
+        self.release.wait(10)
+        super()._write_item(item)
+
+
+def test_a_full_queue_drops_counts_and_says_so(tmp_path: Path) -> None:
+    reports = fraction_reports(0.2)  # 100 steps
+    SlowRecorder.release.clear()
+    rec = SlowRecorder(tmp_path / "f.fraction.jsonl.gz",
+                       header_for(ROOM, initial_state(PARAMS, 0.0), source="test"), max_queue=10)
+    for r in reports:
+        rec(r)  # never blocks, never raises
+    assert rec.dropped >= len(reports) - 11
+    SlowRecorder.release.set()
+    stats = rec.close()
+    read = read_recording(stats.path)
+    assert read.dropped == stats.dropped == rec.dropped
+    assert len(read.steps) + read.dropped == len(reports)
+    assert not replay(read).identical  # a recording with a hole never claims to be exact
+
+
+def test_not_a_recording_is_refused(tmp_path: Path) -> None:
+    other = tmp_path / "x.gz"
+    other.write_bytes(gzip.compress(b'{"type": "header", "format": "something-else"}\n'))
+    with pytest.raises(RecordingError, match="not a fraction recording"):
+        read_recording(other)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("hello\n")
+    with pytest.raises(RecordingError, match="not a fraction recording"):
+        read_recording(plain)
+    with pytest.raises(RecordingError, match="no such file"):
+        read_recording(tmp_path / "missing.gz")

@@ -17,10 +17,20 @@ OUTSIDE_BOUND = 0.03
 tracked target lags the truth by up to a frame (33 ms) plus reading and gate delays."""
 
 
+RECORDING = "fraction.fraction.jsonl.gz"
+
+
+def syncctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "syncctl", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=timeout, check=False)
+
+
 def demo(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
+    """Run the demo as a user would, recording the fraction and writing its review."""
     out = tmp_path / "summary.json"
     result = subprocess.run(
-        [sys.executable, "-m", "syncctl", "demo", "--quiet", "--json", str(out), *args],
+        [sys.executable, "-m", "syncctl", "demo", "--quiet", "--json", str(out),
+         "--record", str(tmp_path / RECORDING), "--review", str(tmp_path / "review"), *args],
         capture_output=True, text=True, cwd=ROOT, timeout=240, check=False,
     )
     assert "Traceback" not in result.stderr, result.stderr
@@ -42,6 +52,45 @@ def test_a_gated_fraction_completes(tmp_path: Path) -> None:
     assert s["trips"] == []
     for key in ("treatment_time_s", "beam_on_time_s", "imaging_mas", "gating_latency_ms"):
         assert key in s
+    assert s["recording_dropped_steps"] == 0
+    check_review(tmp_path, s)
+
+    # Replay with the recorded configuration: the core decides exactly what it decided.
+    same = syncctl("replay", s["recording"])
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "IDENTICAL: every output of all" in same.stdout
+
+    # Replay with a tighter window: the beam would have been denied where it was granted.
+    tight = tmp_path / "tight.yaml"
+    text = (ROOT / "configs" / "room-sim.yaml").read_text()
+    assert "half_size_mm: [5, 5, 5]" in text
+    tight.write_text(text.replace("half_size_mm: [5, 5, 5]", "half_size_mm: [5, 5, 3]")
+                     .replace("registers/", str(ROOT / "configs" / "registers") + "/"))
+    what_if = syncctl("replay", s["recording"], "--config", str(tight), "--json",
+                      str(tmp_path / "what-if.json"))
+    assert what_if.returncode == 1, what_if.stdout + what_if.stderr
+    assert "Beam permit differs in" in what_if.stdout
+    report = json.loads((tmp_path / "what-if.json").read_text())
+    lost = [iv for iv in report["intervals"] if iv["permit"] == "beam"]
+    assert lost and all(iv["recorded"] and not iv["replayed"] for iv in lost)
+    assert any("IL-028" in iv["replayed_denied_by"] for iv in lost)
+    assert report["beam_permit_s"]["replayed"] < report["beam_permit_s"]["recorded"]
+    est = report["dose_estimate"]
+    assert est["replayed"]["dose_outside_window_mu"] <= est["recorded"]["dose_outside_window_mu"]
+
+
+def check_review(tmp_path: Path, s: dict[str, Any]) -> None:
+    page = tmp_path / "review" / "index.html"
+    assert s["review"] == str(page)
+    html = page.read_text()
+    for name in ("motion.png", "timing.png", "dose.png", "latency.png"):
+        png = tmp_path / "review" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert png.stat().st_size > 10_000, name  # a drawn plot, not an empty canvas
+        assert f'src="{name}"' in html
+    assert f"Fraction review: {s['final_state']}" in html
+    for key in ("delivered_dose_mu", "dose_outside_window_mu", "gating_latency_ms"):
+        assert f"<th>{key}</th>" in html
 
 
 def test_an_injected_estop_ends_in_fault_with_its_rule(tmp_path: Path) -> None:
@@ -51,6 +100,8 @@ def test_an_injected_estop_ends_in_fault_with_its_rule(tmp_path: Path) -> None:
     assert any("IL-005" in trip["rule_ids"] for trip in s["trips"])
     assert s["delivered_dose_mu"] < s["planned_dose_mu"]
     assert s["safe_state_confirmed"] is True
+    check_review(tmp_path, s)
+    assert "<tr class='trip'>" in (tmp_path / "review" / "index.html").read_text()
 
 
 def test_bad_usage_exits_2(tmp_path: Path) -> None:

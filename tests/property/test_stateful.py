@@ -341,7 +341,7 @@ def test_any_typed_input_never_raises_and_keeps_every_invariant(
         state = new
 
 
-# --- findings: these tests fail against the core as it is; see docs/safety-invariants.md -----
+# --- findings: these tests failed against the core when found (fixed since); see the docs ----
 
 FINDING_PARAMS = CoreParams(
     window=WindowBox(5.0, 5.0, 5.0), hysteresis_mm=1.0, max_frame_age_s=0.07,

@@ -133,6 +133,10 @@ def test_replay_with_a_tighter_window_reports_permit_differences(tmp_path: Path)
     assert beam, "a 1 mm window must deny the beam where a 5 mm window granted it"
     assert all(d.recorded and not d.replayed for d in beam)
     assert any("IL-028" in d.replayed_denied_by for d in beam)
+    # Ideal actuators: the recorded gate readback, which followed the recorded (open) command,
+    # must not read as a stuck gate (IL-010) to the replayed core that closed it.
+    assert result.first_mode_difference is None
+    assert all(set(d.replayed_denied_by) <= {"IL-028"} for d in beam)
     recorded_s, replayed_s = result.beam_permit_s
     assert replayed_s < recorded_s
     intervals = result.intervals()

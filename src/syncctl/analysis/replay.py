@@ -5,23 +5,42 @@ output of every step, compared in its recorded (JSON) form. With other parameter
 room configuration: a tighter window, a different threshold), the replay reports every step
 where the beam permit or the X-ray permit would have differed, and what that would have meant.
 
-The replay is *open loop*: the recorded snapshots are what the devices did in answer to the
-decisions actually taken. Where the replayed core would have opened the gate when the real one
-did not, no dose was delivered then, and the devices would have gone on differently. The
-dose figures of a counterfactual replay are therefore estimates (see ``estimate_dose``), and
-everything after the first mode difference says what the core would have *permitted* on that
-input, not what would have happened.
+The recorded snapshots are what the devices did in answer to the decisions actually taken. In
+a counterfactual replay the gate readback and the X-ray "exposing" flag would contradict the
+replayed commands (the real gate followed the real command), and the stuck-gate and
+uncommanded-X-ray rules (IL-010, IL-011) would trip on the first difference. So a
+counterfactual replay models *ideal actuators*: each snapshot's gate readback and exposing
+flag are replaced by what the replayed core commanded in the step before. Everything else
+(target, frames, spill, dose counter, interlock chain) stays as recorded, and where the two
+cores' commands agree the recorded readback, with its real actuation delays, is kept: where the replayed
+core would have closed the gate earlier, the recorded dose counter still rose, and where it
+would have opened it, no dose was really delivered. The dose figures of a counterfactual
+replay are therefore estimates (see ``estimate_dose``), and everything after the first mode
+difference says what the core would have *permitted* on that input, not what would have
+happened. A replay with the recorded parameters uses the snapshots untouched.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from syncctl.analysis.truth import Truth, beam_on_time, truth_from_rows
-from syncctl.core import RULES, CoreParams, Plan, Position, Rule, initial_state, step
+from syncctl.core import (
+    RULES,
+    CoreParams,
+    CoreState,
+    GateCommand,
+    Plan,
+    Position,
+    Rule,
+    Snapshot,
+    XrayCommand,
+    initial_state,
+    step,
+)
 from syncctl.core.gating import inside_window
 from syncctl.core.types import Window
 from syncctl.recording import Recording
@@ -78,15 +97,22 @@ class ReplayResult:
 
 def replay(rec: Recording, params: CoreParams | None = None,
            rules: tuple[Rule, ...] = RULES) -> ReplayResult:
-    """Feed the recorded snapshots and commands through ``step`` and compare."""
+    """Feed the recorded snapshots and commands through ``step`` and compare. With ``params``
+    other than the recorded ones, actuators are modelled as ideal (module docstring)."""
+    counterfactual = params is not None and params != rec.params
     params = params if params is not None else rec.params
     state = initial_state(params, rec.initial_now)
     result = ReplayResult(steps=len(rec.steps), identical=not rec.dropped)
     t0 = rec.steps[0].now if rec.steps else 0.0
     beam_rec = beam_rep = xray_rec = xray_rep = 0.0
+    commanded = _RecordedCommands()
     for k, s in enumerate(rec.steps):
-        state, out = step(state, s.snapshot, s.command, s.now, rules)
+        snapshot = s.snapshot
+        if counterfactual:
+            snapshot = _ideal_actuators(snapshot, state, commanded)
+        state, out = step(state, snapshot, s.command, s.now, rules)
         mine = encode_outputs(out, state.mode)
+        commanded.update(s.out, s.now)
         if mine != s.out:
             if result.first_mismatch is None:
                 result.first_mismatch = s.index
@@ -112,6 +138,41 @@ def replay(rec: Recording, params: CoreParams | None = None,
     result.xray_permit_s = (xray_rec, xray_rep)
     result.dose_estimate = estimate_dose(rec, params, result)
     return result
+
+
+@dataclass
+class _RecordedCommands:
+    """The recorded core's last gate and X-ray commands and when each last changed."""
+
+    gate: str = GateCommand.CLOSE.value
+    gate_since: float = float("-inf")
+    xray: str = XrayCommand.STOP.value
+    xray_since: float = float("-inf")
+
+    def update(self, out: dict[str, Any], now: float) -> None:
+        if out["gate"] != self.gate:
+            self.gate, self.gate_since = out["gate"], now
+        if out["xray"] != self.xray:
+            self.xray, self.xray_since = out["xray"], now
+
+
+def _ideal_actuators(snap: Snapshot, state: CoreState, recorded: _RecordedCommands) -> Snapshot:
+    """The snapshot as ideal actuators would have made it wherever the recorded readback
+    does not answer the replayed core's command: the commands differ, or the recorded one
+    changed after the replayed one (the real gate was still moving to where the replayed core
+    had sent it long before). Elsewhere the recorded readback, with its real actuation delays,
+    is kept."""
+    bg, xi = snap.beam_gate, snap.imaging
+    if bg.status is not None and (state.gate.value != recorded.gate
+                                  or recorded.gate_since > state.gate_changed_at):
+        bg = replace(bg, status=replace(bg.status,
+                                        gate_open_readback=state.gate is GateCommand.OPEN))
+    if xi.status is not None and (state.xray.value != recorded.xray
+                                  or recorded.xray_since > state.xray_changed_at):
+        exposing = state.xray is XrayCommand.EXPOSE
+        xi = replace(xi, status=replace(xi.status, exposing=exposing,
+                                        prepared=xi.status.prepared or exposing))
+    return replace(snap, beam_gate=bg, imaging=xi)
 
 
 def group_intervals(diffs: Sequence[PermitDifference]) -> list[Interval]:

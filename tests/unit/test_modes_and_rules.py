@@ -6,7 +6,16 @@ from pathlib import Path
 import pytest
 
 from syncctl.cli.docs_cmd import generated_docs
-from syncctl.core import RULES, RULES_BY_ID, TRANSITIONS, Mode, RuleClass, Trigger, next_mode
+from syncctl.core import (
+    RULES,
+    RULES_BY_ID,
+    TRANSITIONS,
+    Inhibits,
+    Mode,
+    RuleClass,
+    Trigger,
+    next_mode,
+)
 from syncctl.core.modes import NOT_ALLOWED, allowed_triggers, mermaid_state_diagram
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -31,6 +40,31 @@ def test_termination_rules_match_the_issue_list() -> None:
     interruptions = {r.name for r in RULES if r.rule_class is RuleClass.INTERRUPTION}
     for needed in ("target_not_confirmed", "frame_stale", "low_confidence"):
         assert needed in interruptions
+
+
+def test_rule_ids_are_appended_never_renumbered() -> None:
+    """IL-001..IL-031 in table order: a new rule takes the next id at the end."""
+    assert [r.rule_id for r in RULES] == [f"IL-{i:03d}" for i in range(1, 32)]
+
+
+def test_degraded_devices_hold_the_beam_only_and_lost_ones_terminate() -> None:
+    for rule_id, name in (("IL-030", "beam_gate_degraded"), ("IL-031", "imaging_degraded")):
+        rule = RULES_BY_ID[rule_id]
+        assert rule.name == name
+        assert rule.rule_class is RuleClass.INTERRUPTION
+        assert rule.inhibits == frozenset({Inhibits.BEAM})
+    for rule_id in ("IL-001", "IL-002"):
+        rule = RULES_BY_ID[rule_id]
+        assert rule.rule_class is RuleClass.TERMINATION
+        assert rule.inhibits == frozenset({Inhibits.BEAM, Inhibits.XRAY})
+        assert "unhealthy" not in rule.description
+
+
+def test_guards_name_the_degraded_condition() -> None:
+    guards = {t.trigger: t.guard for t in TRANSITIONS}
+    assert "not degraded" in guards[Trigger.DEVICES_ONLINE]
+    for trigger in (Trigger.ARM, Trigger.BEAM_ON, Trigger.RESUME):
+        assert "neither device degraded" in guards[trigger]
 
 
 def table_pairs() -> dict[tuple[Mode, Trigger], Mode]:

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from syncctl.core import (
+    RULES,
     BeamGateReading,
     Command,
     CoreParams,
@@ -38,6 +39,7 @@ from syncctl.core import (
     GateCommand,
     ImagingReading,
     Outputs,
+    Rule,
     Snapshot,
     XrayCommand,
     initial_state,
@@ -114,7 +116,13 @@ class Controller:
         deadline_s: float = 0.010,
         max_consecutive_overruns: int = 5,
         clock: Callable[[], float] = time.monotonic,
+        rules: tuple[Rule, ...] = RULES,
     ) -> None:
+        """``rules`` is the interlock rule table handed to ``step``. It exists for QA's
+        weakened-rule demonstration only (``syncctl.safety.runner``: a scenario run with one rule
+        removed must fail); production code always uses the full table, ``syncctl.core.RULES``.
+        """
+        self.rules = rules
         self.beam_gate = beam_gate
         self.imaging = imaging
         self.period_s = period_s
@@ -202,7 +210,7 @@ class Controller:
         )
         command = self._commands.popleft() if self._commands else None
         now = self.clock()
-        self.state, outputs = step(self.state, snapshot, command, now)
+        self.state, outputs = step(self.state, snapshot, command, now, self.rules)
         self.last_outputs = outputs
         await self._write_beam_gate(outputs)
         self._hand_to_imaging(outputs)

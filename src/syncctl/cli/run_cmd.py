@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -100,11 +101,25 @@ async def _main(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
-    def on_line() -> None:
-        line = sys.stdin.readline()
-        if not line:  # end of input: keep running until a signal
-            loop.remove_reader(sys.stdin)
+    pending = bytearray()
+
+    def on_input() -> None:
+        # Read what the descriptor holds and act on every whole line: a buffered readline()
+        # would keep the second of two lines that arrived together until more input came.
+        chunk = os.read(sys.stdin.fileno(), 4096)
+        if not chunk:  # end of input: keep running until a signal
+            loop.remove_reader(sys.stdin.fileno())
             return
+        pending.extend(chunk)
+        for _ in range(1000):  # bounded: at most 4096 lines in one chunk
+            end = pending.find(b"\n")
+            if end < 0:
+                break
+            line = pending[:end].decode("utf-8", errors="replace")
+            del pending[:end + 1]
+            on_line(line)
+
+    def on_line(line: str) -> None:
         parsed = parse_command(line, args.operator)
         if parsed == "quit":
             stop.set()
@@ -117,7 +132,7 @@ async def _main(args: argparse.Namespace) -> int:
                   "beam on, pause, resume, abort, ack, reset, status, quit", flush=True)
 
     if not args.no_stdin:
-        loop.add_reader(sys.stdin, on_line)
+        loop.add_reader(sys.stdin.fileno(), on_input)
     print(f"syncctl run: room {config.room.room.id}, config hash {config_hash(config)}; "
           f"beam gate {devices.beam_gate.transport.describe()}, "
           f"imaging {devices.imaging.transport.describe()}", flush=True)
@@ -125,7 +140,7 @@ async def _main(args: argparse.Namespace) -> int:
         safe = await controller.run(stop)
     finally:
         if not args.no_stdin:
-            loop.remove_reader(sys.stdin)
+            loop.remove_reader(sys.stdin.fileno())
         await beam_gate.close()
         await imaging.close()
         if recording is not None:

@@ -280,7 +280,8 @@ class Controller:
             self.stats.imaging_polls += 1
             self._imaging_wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._imaging_wake.wait(), self.imaging_period_s)
+                async with asyncio.timeout(self.imaging_period_s):  # no task per wait
+                    await self._imaging_wake.wait()
 
     # -- the safe state ----------------------------------------------------------------------
 

@@ -303,7 +303,7 @@ def test_unknown_field_inside_a_transport_lists_that_transports_fields(room_dir:
 
 def test_placeholders_are_validated_too(room_dir: Path) -> None:
     path = variant(room_dir, ("mqtt:\n  enabled: false\n",
-                              "mqtt:\n  enabled: false\n  password: x\nusers: {file: u.yaml}\n"
+                              "mqtt:\n  enabled: false\n  password: x\n"
                               "roles: {operator: [beam_on]}\n"))
     assert set(by_path(issues_of(path))) == {"mqtt.password"}
 

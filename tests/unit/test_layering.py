@@ -34,6 +34,7 @@ LAYERS = {
     "cli": 6,
     "scripted": 6,
     "analysis": 6,
+    "service": 6,
 }
 
 

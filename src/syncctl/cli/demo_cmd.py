@@ -6,6 +6,9 @@ runs here with the real device clients, a scripted operator (select the plan, im
 set-up, arm, beam on) and a live progress line. The summary is judged from the simulators'
 ground truth: where the target really was when dose was delivered, and when the gate really
 moved.
+
+The room service publishes the room on the bus the config names (in-process for the simulated
+room; docs/bus.md) and, with `--audit PATH`, records the fraction into that audit trail.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from syncctl.analysis.truth import (
     sync_latencies,
     truth_from_rows,
 )
+from syncctl.audit import AuditFileError, AuditTrail
+from syncctl.bus import Bus, CredentialsError, UsersFileError
 from syncctl.cli.faults import FAULTS, Fault, inject, parse_fault
 from syncctl.cli.fraction import (
     EXIT_USAGE,
@@ -42,6 +47,7 @@ from syncctl.cli.fraction import (
 from syncctl.cli.logs import quiet_library_logs
 from syncctl.cli.operator import ScriptedOperator
 from syncctl.cli.progress import Progress
+from syncctl.cli.run_cmd import room_users
 from syncctl.cli.simproc import SimulatorError, start_simulators
 from syncctl.config import RoomConfig, config_hash
 from syncctl.config.backdoor import load_backdoor_layout
@@ -49,6 +55,7 @@ from syncctl.controller import Controller, ControllerReport
 from syncctl.core import EventKind, Mode
 from syncctl.devices import BeamGateClient, ImagingClient
 from syncctl.recording import FractionRecorder, default_path, header_for, read_recording
+from syncctl.service import RoomService, ServiceSettings, make_bus
 
 EXIT_ERROR = 1
 """The simulators could not be started (exit codes 0, 2, 3: see syncctl.cli.fraction)."""
@@ -129,7 +136,10 @@ def recording_path(args: argparse.Namespace, config: RoomConfig, plan_id: str) -
     return default_path(target, config.room.room.id, plan_id)
 
 
-async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
+                   bus: Bus | None = None) -> dict[str, Any]:
+    """One fraction; ``bus``: share this bus (e.g. an InProcessBus with a console) instead of
+    the one the config names."""
     params = config.to_core_params()
     plan_id = args.plan or params.plans[0].plan_id
     plan = params.plan(plan_id)
@@ -144,7 +154,13 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
     recording: FractionRecorder | None = None
     recorder = Recorder()
     progress = Progress(plan.planned_dose_mu, enabled=not args.quiet)
+    room_bus: Bus | None = None
+    trail: AuditTrail | None = None
+    service: RoomService | None = None
     try:
+        room_bus = make_bus(config) if bus is None else bus
+        if getattr(args, "audit", None):
+            trail = AuditTrail(args.audit, room=config.room.room.id)
         runtime = config.with_endpoints(sim.ready["beam_gate"], sim.ready["imaging"])
         devices, limits = runtime.room.devices, runtime.room.limits
         beam_gate, imaging = BeamGateClient(runtime), ImagingClient(runtime)
@@ -159,7 +175,11 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
         if record_to is not None:
             recording = FractionRecorder(record_to, header_for(
                 config, controller.state, source="demo", plan_id=plan_id, seed=args.seed))
-            controller.listeners.append(recording)
+        service = RoomService(controller, room_bus, room_users(config),
+                              ServiceSettings.from_config(config), audit=trail,
+                              recorder=recording)
+        if service.audit_listener is not None:
+            service.audit_listener.record_config(config)
         stop = asyncio.Event()
         operator = ScriptedOperator(controller, plan_id)
 
@@ -182,9 +202,11 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
         timer = loop.call_later(args.max_seconds, stop.set)
         cpu0 = time.process_time()
         wall0 = time.monotonic()
+        await service.start()
         try:
             safe = await controller.run(stop)
         finally:
+            await service.stop()
             timer.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.remove_signal_handler(sig)
@@ -197,11 +219,15 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
     except BaseException:
         if recording is not None:
             recording.close()  # keep what was recorded of a run that failed
+        if trail is not None:
+            trail.close()
         raise
     finally:
         for client in (beam_gate, imaging):
             if client is not None:
                 await client.close()
+        if room_bus is not None and bus is None:
+            await room_bus.close()
         sim.stop()
         sim_log.close()
     truth_rows = read_truth_rows(truth_dir)
@@ -215,6 +241,10 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path) 
         stats = recording.close()
         summary["recording"] = str(stats.path)
         summary["recording_dropped_steps"] = stats.dropped
+    if trail is not None and service is not None and service.audit_listener is not None:
+        service.audit_listener.record_treatment(summary)
+        trail.close()
+        summary["audit_trail"] = str(trail.path)
     return summary
 
 
@@ -290,6 +320,9 @@ def _run(args: argparse.Namespace) -> int:
         except SimulatorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
+        except (UsersFileError, CredentialsError, AuditFileError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.review and "recording" in summary:
         from syncctl.analysis.review import write_review  # matplotlib: only when asked
 
@@ -325,6 +358,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="record the fraction into a new file in DIR, or into FILE when it ends "
                    "in .gz (default: recordings/); see `syncctl replay` and `syncctl review`")
     p.add_argument("--no-record", action="store_true", help="do not record the fraction")
+    p.add_argument("--audit", metavar="PATH",
+                   help="record the fraction into this audit trail (see `syncctl audit`)")
     p.add_argument("--review", metavar="DIR",
                    help="write the fraction's review report (HTML and plots) into DIR")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")

@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
     from syncctl.cli import safety_cmd  # here, so that registering it is one edit
 
     safety_cmd.register(sub)
+    from syncctl.cli import commission_cmd, probe_cmd  # here, so that registering is one edit
+
+    commission_cmd.register(sub)
+    probe_cmd.register(sub)
+    from syncctl.cli import users_cmd  # here, so that registering it is one edit
+
+    users_cmd.register(sub)
     return parser
 
 

@@ -1,14 +1,19 @@
 """`syncctl run --config PATH`: the controller against whatever the config points to.
 
-Simulators (`syncctl sim`) or bench hardware. Operator commands are read from standard input,
-one per line, until the console milestone provides a proper console:
+Simulators (`syncctl sim`) or bench hardware. The room service publishes the room on the bus
+the config names (in-process when `mqtt.enabled` is false, else MQTT; docs/bus.md), takes
+commands from it (operators logged in against the users file) and writes the audit trail
+(`--audit`, default `audit/<room>.sqlite`).
+
+Commands are also read from standard input, one per line, as a local operator (`--operator`)
+with the role given by `--role` (default operator), through the same role checks:
 
     select PLAN | imaging on | imaging off | arm | beam on | pause | resume | abort | ack |
     reset | status | quit
 
 Events (mode changes, trips, refusals with their reasons) are printed as they happen.
 SIGINT/SIGTERM or `quit`: the gate is closed and the X-ray stopped, verified by readback; exit
-0 when confirmed, 1 when not.
+0 when confirmed, 1 when not; 2 for a bad configuration, users or credentials file.
 """
 
 from __future__ import annotations
@@ -21,12 +26,15 @@ import signal
 import sys
 from pathlib import Path
 
+from syncctl.audit import AuditFileError, AuditTrail
+from syncctl.bus import ROLES, Ack, Bus, CredentialsError, Users, UsersFileError
 from syncctl.cli.logs import quiet_library_logs
-from syncctl.config import ConfigError, config_hash, load_room
+from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import Command, CommandKind, EventKind
 from syncctl.devices import BeamGateClient, ImagingClient
 from syncctl.recording import FractionRecorder, default_path, header_for
+from syncctl.service import RoomService, ServiceSettings, load_room_users, make_bus
 
 WORDS = {
     "imaging on": CommandKind.START_IMAGING,
@@ -66,8 +74,45 @@ def describe(report: ControllerReport) -> str:
             f"  alarms {alarms} (* latched)")
 
 
+def room_users(config: RoomConfig) -> Users:
+    """The room's users; a users file that is named but missing leaves nobody able to log in
+    over the bus (said on stderr), a malformed one is an error (``UsersFileError``)."""
+    name = config.room.users.file
+    if name is not None and not (config.path.parent / name).exists():
+        print(f"warning: users file {config.path.parent / name} not found: nobody can log in "
+              "over the bus", file=sys.stderr, flush=True)
+        return Users([])
+    return load_room_users(config)
+
+
+def audit_path(arg: str | None, config: RoomConfig) -> Path:
+    """``--audit PATH``, or ``audit/<room>.sqlite`` in the working directory."""
+    return Path(arg) if arg else Path("audit") / f"{config.room.room.id}.sqlite"
+
+
+def print_ack(ack: Ack) -> None:
+    """What the core answers is printed as its event; the service's own refusals here."""
+    if ack.result in ("unauthorised", "invalid"):
+        print(f"{ack.command}: {ack.result}: {ack.reason}", flush=True)
+
+
 async def _main(args: argparse.Namespace) -> int:
     config = load_room(Path(args.config))
+    users = room_users(config)
+    bus = make_bus(config)
+    trail_path = audit_path(args.audit, config)
+    trail_path.parent.mkdir(parents=True, exist_ok=True)
+    trail = AuditTrail(trail_path, room=config.room.room.id)
+    try:
+        return await _run_room(args, config, users, bus, trail)
+    finally:
+        await bus.close()
+        trail.close()
+        print(f"audit trail {trail_path} (head seq {trail.head[0]})", flush=True)
+
+
+async def _run_room(args: argparse.Namespace, config: RoomConfig, users: Users, bus: Bus,
+                    trail: AuditTrail) -> int:
     params = config.to_core_params()
     devices, limits = config.room.devices, config.room.limits
     beam_gate, imaging = BeamGateClient(config), ImagingClient(config)
@@ -84,7 +129,10 @@ async def _main(args: argparse.Namespace) -> int:
         path = target if target.name.endswith(".gz") else default_path(
             target, config.room.room.id, "session")
         recording = FractionRecorder(path, header_for(config, controller.state, source="run"))
-        controller.listeners.append(recording)
+    service = RoomService(controller, bus, users, ServiceSettings.from_config(config),
+                          audit=trail, recorder=recording)
+    if service.audit_listener is not None:
+        service.audit_listener.record_config(config)
     latest: list[ControllerReport] = []
 
     def show(report: ControllerReport) -> None:
@@ -126,7 +174,9 @@ async def _main(args: argparse.Namespace) -> int:
         elif parsed == "status":
             print(describe(latest[0]) if latest else "no cycle yet", flush=True)
         elif isinstance(parsed, Command):
-            controller.submit(parsed)
+            future = service.submit_local(args.operator, args.role, parsed.kind.value,
+                                          plan_id=parsed.plan_id)
+            future.add_done_callback(lambda f: print_ack(f.result()))
         elif line.strip():
             print(f"unknown command {line.strip()!r}; try: select PLAN, imaging on, arm, "
                   "beam on, pause, resume, abort, ack, reset, status, quit", flush=True)
@@ -136,11 +186,13 @@ async def _main(args: argparse.Namespace) -> int:
     print(f"syncctl run: room {config.room.room.id}, config hash {config_hash(config)}; "
           f"beam gate {devices.beam_gate.transport.describe()}, "
           f"imaging {devices.imaging.transport.describe()}", flush=True)
+    await service.start()
     try:
         safe = await controller.run(stop)
     finally:
         if not args.no_stdin:
             loop.remove_reader(sys.stdin.fileno())
+        await service.stop()
         await beam_gate.close()
         await imaging.close()
         if recording is not None:
@@ -162,6 +214,9 @@ def _run(args: argparse.Namespace) -> int:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)
         return 2
+    except (UsersFileError, CredentialsError, AuditFileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -169,7 +224,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="room configuration")
-    p.add_argument("--operator", default="console", help="operator id recorded with commands")
+    p.add_argument("--operator", default="console",
+                   help="operator id of the commands read from stdin")
+    p.add_argument("--role", default="operator", choices=ROLES,
+                   help="role of the stdin operator (default operator)")
+    p.add_argument("--audit", metavar="PATH",
+                   help="audit trail file (default audit/<room>.sqlite)")
     p.add_argument("--no-stdin", action="store_true", help="do not read commands from stdin")
     p.add_argument("--record", default="recordings", metavar="DIR|FILE",
                    help="record the session into a new file in DIR, or into FILE when it ends "

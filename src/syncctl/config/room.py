@@ -130,18 +130,27 @@ class PlanConfig(Strict):
 
 
 class Mqtt(Strict):
-    """Used by the console/MQTT milestone; validated now so the file format is stable."""
+    """The bus (docs/bus.md): in-process when disabled, else MQTT to this broker."""
 
     enabled: bool = False
     host: str = "127.0.0.1"
     port: Port = 1883
     tls: bool = False
+    ca_file: str | None = None
+    """CA certificate(s) to verify the broker with (PEM, relative to the room file); None:
+    the system's CAs. Only with ``tls: true``."""
     credentials_file: str | None = None
-    topic_prefix: str = Field(default="syncctl", pattern=r"^[A-Za-z0-9_/-]+$")
+    """YAML with ``username`` and ``password`` of the controller's broker account."""
+    client_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """MQTT client id of the controller; None: ``syncctl-<room id>``."""
+    keepalive_s: Annotated[int, Field(ge=2, le=600)] = 10
+    reconnect_max_s: Annotated[float, Field(ge=0.1, le=300)] = 5.0
+    """Reconnect backoff doubles from 50 ms up to this."""
+    topic_prefix: str = Field(default="syncctl", pattern=r"^[A-Za-z0-9_-]+(/[A-Za-z0-9_-]+)*$")
 
 
 class Users(Strict):
-    """Operator accounts (used by the console milestone)."""
+    """Operator accounts: a users file (``syncctl users``), relative to the room file."""
 
     file: str | None = None
 

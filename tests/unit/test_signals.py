@@ -273,6 +273,8 @@ class MemoryBackend:
         self.clamp: dict[int, int] = {}
         """holding address -> the value the device keeps whatever is written."""
         self.log: list[tuple[str, str, int, int]] = []
+        self.write_error: LinkError | None = None
+        """Raised by every write while set (the link stays up)."""
 
     @property
     def connected(self) -> bool:
@@ -309,6 +311,9 @@ class MemoryBackend:
 
     async def write(self, table: Table, address: int, words: Sequence[int]) -> None:
         self._check()
+        if self.write_error is not None:
+            self.stats["failures"] += 1
+            raise self.write_error
         self.log.append(("write", table, address, len(words)))
         for i, w in enumerate(words):
             self.tables[table][address + i] = self.clamp.get(address + i, w)
@@ -465,3 +470,32 @@ async def test_transactions_per_operation_match_docs_devices_md(room: RoomConfig
     xic_backend.log.clear()
     await xic.write_xray(XrayCommand.STOP)
     assert xic_backend.log == [("write", "holding", 1, 1), ("read", "holding", 1, 1)]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("kind", ["timeout", "malformed", "disconnected"])
+async def test_a_failed_write_makes_the_reading_degraded_at_once(room: RoomConfig,
+                                                                kind: str) -> None:
+    """A write that times out (or gets a damaged answer) says the link is in trouble now: the
+    reading turns unhealthy (degraded, IL-030) without waiting for the next poll to fail,
+    keeping its last good status; the next good poll makes it healthy again."""
+    client, backend = bgc_on_memory(room)
+    assert (await client.poll()).healthy
+    backend.write_error = LinkError(kind, f"write: {kind}")
+    assert await client.write_heartbeat(7) is False
+    reading = client.reading
+    assert not reading.healthy and reading.status is not None and reading.read_at is not None
+    assert kind in client.last_error
+    backend.write_error = None
+    assert (await client.poll()).healthy
+
+
+@pytest.mark.asyncio
+async def test_a_refused_write_leaves_the_reading_healthy(room: RoomConfig) -> None:
+    """A device that answers with another value than the one written refused it over a sound
+    link: that is the command's failure, not the link's."""
+    client, backend = bgc_on_memory(room)
+    assert (await client.poll()).healthy
+    backend.write_error = LinkError("refused", "write: device acknowledged [0]")
+    assert await client.write_gate(GateCommand.OPEN) is False
+    assert client.reading.healthy

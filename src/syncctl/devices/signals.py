@@ -54,6 +54,11 @@ class DeviceDataError(RemoteError):
     """The device answered, but a value is malformed or out of the register's range."""
 
 
+LINK_TROUBLE = frozenset({"disconnected", "timeout", "malformed"})
+"""Failures that say the link itself is in trouble (an exception answer or a refused write
+came over a working link)."""
+
+
 class LinkError(RemoteError):
     """A transaction failed: ``kind`` is ``disconnected``, ``timeout``, ``exception`` (the
     device answered with a Modbus exception), ``malformed`` (the answer does not match the
@@ -592,7 +597,12 @@ class SignalDevice(Generic[S]):
                 if verify:
                     await self._verify(self.signals.plan_reads(encoded), encoded)
             except RemoteError as exc:
-                self.last_error = f"{what}: {exc}"
+                if isinstance(exc, LinkError) and exc.kind in LINK_TROUBLE:
+                    # The link failed now: the reading is degraded at once (the core holds
+                    # the beam) rather than at the next poll, which the lock may delay.
+                    self._fail(f"{what}: {exc}")
+                else:
+                    self.last_error = f"{what}: {exc}"
                 log.warning("%s %s failed: %s", self.describe(), what, exc,
                             extra=self._log_extra)
                 return False

@@ -49,6 +49,11 @@ class BeamGateModel:
     dose_rate_mu_per_s: float = 1.0
     gate_delay_s: float = 0.003
     watchdog_timeout_s: float = 0.2
+    watchdog_scale: float = 1.0
+    """The watchdog acts after ``watchdog_timeout_s`` x this (1 = as configured). Not a
+    register: a simulated *faulty* firmware (``--beam-gate-watchdog-scale``) whose
+    ``watchdog_timeout_ms`` register still reads the configured value, for the commissioning
+    test that must catch it."""
     faults: BeamGateFaults = field(default_factory=BeamGateFaults)
 
     # State
@@ -120,10 +125,8 @@ class BeamGateModel:
         self.t += dt
         if self.faults.estop_pressed:
             self.fault |= BeamGateFault.EMERGENCY_STOP
-        if (
-            self.watchdog_armed
-            and self.t - self._heartbeat_changed_at > self.watchdog_timeout_s
-        ):
+        watchdog_s = self.watchdog_timeout_s * self.watchdog_scale
+        if self.watchdog_armed and self.t - self._heartbeat_changed_at > watchdog_s:
             self.fault |= BeamGateFault.WATCHDOG
 
         delay = self.gate_delay_s * max(1.0, self.faults.slow_gate_factor)
@@ -154,6 +157,7 @@ class BeamGateModel:
             dose_rate_mu_per_s=self.dose_rate_mu_per_s,
             gate_delay_s=self.gate_delay_s,
             watchdog_timeout_s=self.watchdog_timeout_s,
+            watchdog_scale=self.watchdog_scale,
             faults=self.faults,
         )
         fresh.t = self.t

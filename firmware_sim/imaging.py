@@ -52,6 +52,9 @@ class ImagingModel:
     pulse_width_ms: float = 4.0
     prepare_time_s: float = 0.2
     watchdog_timeout_s: float = 0.2
+    watchdog_scale: float = 1.0
+    """As the beam gate's: the watchdog acts after ``watchdog_timeout_s`` x this
+    (``--imaging-watchdog-scale``); the register still reads the configured timeout."""
     faults: ImagingFaults = field(default_factory=ImagingFaults)
 
     t: float = 0.0
@@ -104,7 +107,8 @@ class ImagingModel:
             return
         self.t += dt
         self.truth = self.motion.true_position(self.t)
-        if self.watchdog_armed and self.t - self._heartbeat_changed_at > self.watchdog_timeout_s:
+        watchdog_s = self.watchdog_timeout_s * self.watchdog_scale
+        if self.watchdog_armed and self.t - self._heartbeat_changed_at > watchdog_s:
             self.fault |= ImagingFault.WATCHDOG
         if self._prepare_since is not None and self.t - self._prepare_since >= self.prepare_time_s:
             self.prepared = True
@@ -151,6 +155,7 @@ class ImagingModel:
             pulse_width_ms=self.pulse_width_ms,
             prepare_time_s=self.prepare_time_s,
             watchdog_timeout_s=self.watchdog_timeout_s,
+            watchdog_scale=self.watchdog_scale,
             faults=self.faults,
         )
         fresh.t = self.t

@@ -2,7 +2,8 @@
 
     python -m firmware_sim --config configs/room-sim.yaml [--devices beam-gate,imaging]
         [--seed N] [--trace CSV] [--truth DIR] [--beam-gate-port N] [--imaging-port N]
-        [--beam-gate-link PATH] [--imaging-link PATH] [--backdoor-port N] ...
+        [--beam-gate-link PATH] [--imaging-link PATH] [--backdoor-port N]
+        [--beam-gate-watchdog-scale F] [--imaging-watchdog-scale F] ...
 
 Each device gets its model, its register interface and the transport its room config names
 (``devices.<slot>.transport``); the backdoor listens on a Modbus TCP port of its own. Once
@@ -86,6 +87,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                        help=f"TCP port of the {slot} server (0 = a free one); TCP kinds only")
         p.add_argument(f"--{slot}-link", type=Path, metavar="PATH",
                        help=f"symlink path of the {slot} serial port; modbus-rtu only")
+        p.add_argument(f"--{slot}-watchdog-scale", type=float, default=1.0, metavar="F",
+                       help=f"the {slot} watchdog acts after its timeout x F (a faulty "
+                            "firmware; its register still reads the configured timeout)")
     p.add_argument("--backdoor-host", default="127.0.0.1")
     p.add_argument("--backdoor-port", type=int, default=0, metavar="N",
                    help="TCP port of the backdoor (default 0 = a free one)")
@@ -106,6 +110,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.slots = _parse_devices(args.devices)
     except UsageError as exc:
         p.error(str(exc))
+    if not (0 < args.beam_gate_watchdog_scale <= 100 and 0 < args.imaging_watchdog_scale <= 100):
+        p.error("--beam-gate-watchdog-scale, --imaging-watchdog-scale must be in (0, 100]")
     if args.tick_hz <= 0 or args.spill_on_s <= 0 or args.spill_off_s < 0 or args.dose_rate < 0:
         p.error("--tick-hz, --spill-on-s must be > 0; --spill-off-s, --dose-rate >= 0")
     return args
@@ -169,14 +175,16 @@ def build_devices(config: RoomConfig, args: argparse.Namespace, clock: Clock
             interface = BeamGateInterface(
                 BeamGateModel(spill_on_s=args.spill_on_s, spill_off_s=args.spill_off_s,
                               dose_rate_mu_per_s=args.dose_rate,
-                              watchdog_timeout_s=watchdog_s),
+                              watchdog_timeout_s=watchdog_s,
+                              watchdog_scale=args.beam_gate_watchdog_scale),
                 config.beam_gate_map, clock)
         else:
             dev = config.room.devices.imaging
             interface = ImagingInterface(
                 ImagingModel(motion=_motion(config, args), frame_rate_fps=dev.frame_rate_fps,
                              kv=dev.kv, ma=dev.ma, pulse_width_ms=dev.pulse_width_ms,
-                             watchdog_timeout_s=watchdog_s),
+                             watchdog_timeout_s=watchdog_s,
+                             watchdog_scale=args.imaging_watchdog_scale),
                 config.imaging_map, clock)
         interface.refresh()
         sims[slot] = DeviceSim(slot, interface, _make_adapter(slot, config, args, link,
@@ -189,11 +197,12 @@ def _model_params(sim: DeviceSim) -> dict[str, Any]:
     if isinstance(m, BeamGateModel):
         return {"spill_on_s": m.spill_on_s, "spill_off_s": m.spill_off_s,
                 "dose_rate_mu_per_s": m.dose_rate_mu_per_s, "gate_delay_s": m.gate_delay_s,
-                "watchdog_timeout_s": m.watchdog_timeout_s}
+                "watchdog_timeout_s": m.watchdog_timeout_s, "watchdog_scale": m.watchdog_scale}
     motion = type(m.motion).__name__
     return {"frame_rate_fps": m.frame_rate_fps, "kv": m.kv, "ma": m.ma,
             "pulse_width_ms": m.pulse_width_ms, "prepare_time_s": m.prepare_time_s,
-            "watchdog_timeout_s": m.watchdog_timeout_s, "motion": motion}
+            "watchdog_timeout_s": m.watchdog_timeout_s, "watchdog_scale": m.watchdog_scale,
+            "motion": motion}
 
 
 def open_truth(sims: dict[Slot, DeviceSim], backdoor: Backdoor, directory: Path,

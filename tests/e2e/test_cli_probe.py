@@ -1,8 +1,8 @@
 """`syncctl probe` against the simulators: reads by name and by address (TCP and RTU), and
 the write rules: refused without --engineering, refused in a clinical room, refused on an
 actuator without --force-actuator, refused while a controller is seen (heartbeat moving, gate
-open), allowed in an engineering session, every attempt logged. An mbpoll cross-check of one
-read where mbpoll is installed."""
+open; `syncctl commission` too), allowed in an engineering session, every attempt logged.
+An mbpoll cross-check of one read where mbpoll is installed."""
 
 from __future__ import annotations
 
@@ -104,14 +104,13 @@ async def heartbeats(port: int, stop: asyncio.Event) -> int:
     return sent
 
 
-async def probe_while_heartbeating(room: SimRoom, log: Path
-                                   ) -> tuple[int, str, int]:
+async def while_heartbeating(room: SimRoom, *args: str) -> tuple[int, str, int]:
+    """Run `syncctl ARGS` while a controller's heartbeat is going to the beam gate."""
     stop = asyncio.Event()
     beating = asyncio.create_task(heartbeats(room.beam_gate_port, stop))
     await asyncio.sleep(0.1)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "syncctl", "probe", "--config", str(room.config), "beam-gate",
-        "write", "watchdog_timeout_ms", "300", "--engineering", "--log", str(log),
+        sys.executable, "-m", "syncctl", *args,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     try:
         _, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -135,13 +134,20 @@ async def open_the_gate(port: int) -> None:
 def test_writes_refused_while_a_controller_is_seen(tmp_path: Path) -> None:
     log = tmp_path / "log.jsonl"
     with sim_room(tmp_path) as room:
-        code, err, sent = asyncio.run(probe_while_heartbeating(room, log))
+        code, err, sent = asyncio.run(while_heartbeating(
+            room, "probe", "--config", str(room.config), "beam-gate", "write",
+            "watchdog_timeout_ms", "300", "--engineering", "--log", str(log)))
+        commission, commission_err, _ = asyncio.run(while_heartbeating(
+            room, "commission", "--config", str(room.config), "--engineer", "A",
+            "--report", str(tmp_path / "report")))
         asyncio.run(open_the_gate(room.beam_gate_port))
         gate_open = probe(room, "beam-gate", "write", "watchdog_timeout_ms", "300",
                           "--engineering", "--log", str(log))
         still = probe(room, "beam-gate", "read", "watchdog_timeout_ms")
     assert sent >= 5
     assert code == 3 and "heartbeat echo changed" in err, err
+    assert commission == 3 and "heartbeat echo changed" in commission_err, commission_err
+    assert not (tmp_path / "report").exists()
     assert gate_open.returncode == 3, gate_open.stdout + gate_open.stderr
     assert "OPEN" in gate_open.stderr or "gate_command is 1" in gate_open.stderr
     assert "watchdog_timeout_ms = 200 ms" in still.stdout

@@ -11,7 +11,9 @@ confirmation, and the tool performs the person steps itself through the simulato
 backdoor (and says so in the report).
 
 Exit status: 0 when every step passed (or was only recorded, or skipped with a reason),
-1 when a step failed, 2 for a bad command line or configuration (or a clinical room).
+1 when a step failed, 2 for a bad command line or configuration (or a clinical room), 3 when
+a controller is seen running (heartbeat moving, gate open or X-ray exposing: see
+syncctl.commission.guard).
 """
 
 from __future__ import annotations
@@ -41,12 +43,13 @@ from syncctl.commission import (
     run_passed,
     write_report,
 )
+from syncctl.commission.guard import Refused, no_controller_treating
 from syncctl.commission.prompts import LineSource, Prompter
 from syncctl.commission.report import report_stem
 from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
 from syncctl.config.backdoor import load_backdoor_layout
 
-EXIT_PASSED, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_PASSED, EXIT_FAILED, EXIT_USAGE, EXIT_REFUSED = 0, 1, 2, 3
 DEFAULT_REPORT_DIR = "out/commissioning"
 
 
@@ -102,6 +105,13 @@ async def run_commissioning(config: RoomConfig, args: argparse.Namespace) -> int
                      f"confirmation, and the person steps (door, e-stop) were performed by the "
                      f"tool through the simulators' backdoor at {host}:{port}; their times are "
                      f"the simulated devices' reaction, not a person's.")
+    try:
+        for fact in await no_controller_treating(config, need_imaging=True, strict=False):
+            prompter.say(f"no controller seen: {fact}")
+    except Refused as exc:
+        lines.close()
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     options = Options(steps=args.steps, rehearse=args.rehearse, gate_cycles=args.gate_cycles,
                       imaging_s=args.imaging_seconds, person_timeout_s=args.person_timeout)
     digest = config_hash(config)

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Any
 
 from syncctl.cli.logs import quiet_library_logs
+from syncctl.commission.guard import Refused, no_controller_treating, open_link
 from syncctl.config import ConfigError, RegisterMapFile, RoomConfig, config_hash, load_room
-from syncctl.devices import ModbusLink, RemoteError, Signal, SignalMap, read_plan
+from syncctl.devices import RemoteError, Signal, SignalMap
 from syncctl.devices.signals import Table
 
 log = logging.getLogger("syncctl.probe")
@@ -49,11 +50,6 @@ SLOTS = {"beam-gate": "beam_gate", "beam_gate": "beam_gate", "imaging": "imaging
 ACTUATORS = {"gate_command", "heartbeat", "prepare_command", "expose_command"}
 """Registers that move the beam or the tube (or keep a watchdog fed): --force-actuator."""
 TABLES: tuple[Table, ...] = ("holding", "input", "coil", "discrete")
-CONNECT_WINDOW_S = 2.0
-
-
-class Refused(Exception):
-    """The write (or read) must not happen; the message says why."""
 
 
 class Usage(Exception):
@@ -128,88 +124,6 @@ def describe_value(signal: Signal, words: list[int]) -> str:
     unit = f" {reg.unit}" if reg.unit else ""
     shown = f"{value:g}" if reg.scale != 1 else str(signal.raw(words))
     return f"{shown}{unit}"
-
-
-async def open_link(config: RoomConfig, slot: str) -> ModbusLink:
-    device = getattr(config.room.devices, slot)
-    link = ModbusLink(device.transport, timeout_s=device.timeout_ms / 1000,
-                      retries=device.retries)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CONNECT_WINDOW_S
-    for _ in range(100):
-        if await link.connect():
-            return link
-        if loop.time() >= deadline:
-            break
-        await asyncio.sleep(0.05)
-    await link.close()
-    raise RemoteError(f"{device.transport.describe()}: {link.last_error}")
-
-
-async def no_controller_treating(config: RoomConfig, *, need_imaging: bool,
-                                 strict: bool = True) -> list[str]:
-    """The check a write needs; the facts it saw. Raises Refused with what it saw otherwise.
-
-    Beam gate (Modbus TCP serves several clients): readback and command closed, and the
-    heartbeat echo unchanged for max(3 heartbeat periods, 100 ms), i.e. no controller is
-    sending heartbeats. Then, when ``need_imaging``, the X-ray not exposing and not commanded
-    to (the imaging line is opened only after the beam gate showed no controller: a second
-    master on a serial line would steal a running controller's answers). ``strict=False``
-    (before a read): a beam gate that does not answer is reported, not refused."""
-    facts: list[str] = []
-    signals = SignalMap(config.beam_gate_map)
-    plan = signals.plan_reads(("gate_readback", "status", "heartbeat_echo"))
-    command_plan = signals.plan_reads(("gate_command",))
-    try:
-        link = await open_link(config, "beam_gate")
-    except RemoteError as exc:
-        if not strict:
-            return [f"beam gate does not answer ({exc}): no controller seen"]
-        raise Refused(f"cannot check that no controller is treating: beam gate: {exc}") from None
-    wait_s = max(3 * config.room.limits.heartbeat_period_ms / 1000, 0.1)
-    try:
-        first, _ = await read_plan(link, plan, asyncio.get_running_loop().time)
-        command, _ = await read_plan(link, command_plan, asyncio.get_running_loop().time)
-        await asyncio.sleep(wait_s)
-        second, _ = await read_plan(link, plan, asyncio.get_running_loop().time)
-        bits = second.bits("status")
-        gate_open = second.flag("gate_readback") or first.flag("gate_readback")
-        commanded = command.flag("gate_command")
-        beats = (first.integer("heartbeat_echo"), second.integer("heartbeat_echo"))
-    except RemoteError as exc:
-        raise Refused(f"cannot check that no controller is treating: beam gate: {exc}") from None
-    finally:
-        await link.close()
-    if gate_open:
-        raise Refused("the beam gate reads back OPEN: a controller may be treating")
-    if commanded:
-        raise Refused("gate_command is 1 (open): a controller may be treating")
-    if beats[0] != beats[1]:
-        raise Refused(f"the beam gate's heartbeat echo changed ({beats[0]} -> {beats[1]} in "
-                      f"{wait_s * 1000:g} ms): a controller is connected and running")
-    facts.append(f"beam gate closed (readback and command), spill_active "
-                 f"{int(bits['spill_active'])}, heartbeat echo {beats[0]} unchanged over "
-                 f"{wait_s * 1000:g} ms")
-    if need_imaging:
-        xsignals = SignalMap(config.imaging_map)
-        try:
-            xlink = await open_link(config, "imaging")
-        except RemoteError as exc:
-            raise Refused(f"cannot check the X-ray: imaging: {exc}") from None
-        try:
-            values, _ = await read_plan(xlink, xsignals.plan_reads(("status", "expose_command")),
-                                        asyncio.get_running_loop().time)
-            exposing = values.bits("status")["exposing"]
-            expose_cmd = values.flag("expose_command")
-        except RemoteError as exc:
-            raise Refused(f"cannot check the X-ray: imaging: {exc}") from None
-        finally:
-            await xlink.close()
-        if exposing or expose_cmd:
-            raise Refused("the X-ray is exposing (or commanded to): a controller may be "
-                          "treating")
-        facts.append("X-ray not exposing, not commanded")
-    return facts
 
 
 async def do_read(config: RoomConfig, slot: str, args: argparse.Namespace) -> int:

@@ -238,7 +238,7 @@ class Commissioning:
                 t0 = self.clock()
                 try:
                     await steps[name](result)
-                except RemoteError as exc:
+                except (RemoteError, OSError) as exc:
                     result.fail("device", f"remote failure: {exc}")
                 result.duration_s = self.clock() - t0
                 result.figures = json_safe(result.figures)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from yaml.reader import ReaderError
 
 from syncctl.config.errors import ConfigError, ConfigIssue
 
@@ -151,7 +152,14 @@ def load_yaml(file: Path) -> YamlSource:
         raise ConfigError([ConfigIssue(
             file, "", None, f"cannot read: {exc.strerror or exc}")]) from None
 
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)
+    except ReaderError as exc:  # a control character YAML forbids, found before parsing
+        position = exc.position if isinstance(exc.position, int) else 0
+        at_line = text.count("\n", 0, position) + 1
+        first = str(exc).splitlines()[0]
+        raise ConfigError([ConfigIssue(file, "", at_line,
+                                       f"YAML syntax error: {first}")]) from None
     try:
         node = loader.get_single_node()
         indexer = _Indexer(file)

@@ -1,0 +1,666 @@
+"""Fuzzing the device layer's decoding of Modbus answers, from bytes to the beam permit.
+
+Targets (docs/fuzzing.md):
+
+1. ``codec``: ``syncctl.config.decode_raw`` / ``decode`` / ``decode_bits`` on any register
+   definition and any list of integers: only ``CodecError``, and otherwise exactly what an
+   independent ``struct`` decoder says (tests/fuzz/oracle.py).
+2. ``decode_status``: a status read (``ReadPlan.values`` + ``beam_gate_status`` /
+   ``imaging_status``) fed arbitrary words per block, wrong counts included: only
+   ``DeviceDataError``, and a status only when the oracle finds the words valid, equal to it.
+3. ``link_pdu``: ``ModbusLink.read``/``write`` answered by whatever pymodbus's own PDU decoder
+   makes of arbitrary bytes (wrong function codes, wrong counts, exception responses), or by a
+   client-library exception: only ``LinkError``; a read returns exactly ``count`` 16-bit words
+   (0/1 for bits) and only from the right answer; the link is dropped on a malformed answer
+   or a timeout and kept on an exception response.
+4. ``framer``: pymodbus's RTU and MBAP framers (the client side, no socket) on arbitrary bytes:
+   what escapes into the transport's ``data_received``.
+5. ``core_e2e``: the real ``BeamGateClient``/``ImagingClient`` over an in-memory register image
+   of a plausible room, driven by the pure core into TREATING with the gate open; then status
+   answers are replaced by fuzzed ones. No permit is ever granted from a malformed answer;
+   a granted permit has two healthy readings whose every value is in range.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeAlias
+from unittest import mock
+
+import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.framer import FramerRTU, FramerSocket
+from pymodbus.pdu import DecodePDU
+
+from syncctl.config import (
+    CodecError,
+    RegisterDef,
+    decode,
+    decode_bits,
+    decode_raw,
+    encode,
+    encode_bits,
+    encode_raw,
+    load_room,
+)
+from syncctl.config.registers import RAW_RANGE
+from syncctl.config.room import ModbusRtu
+from syncctl.core import (
+    BeamGateStatus,
+    Command,
+    CommandKind,
+    ImagingStatus,
+    Mode,
+    Plan,
+    Snapshot,
+    WindowBox,
+    WindowSphere,
+    step,
+)
+from syncctl.core.state import CoreState
+from syncctl.devices import (
+    BeamGateClient,
+    DeviceDataError,
+    ImagingClient,
+    LinkError,
+    ModbusLink,
+    beam_gate_status,
+    imaging_status,
+)
+from syncctl.devices.modbus import READ_FUNCTION
+from syncctl.devices.signals import SignalDevice
+from tests.fuzz.oracle import (
+    FakeBackend,
+    Words,
+    beam_gate_oracle,
+    imaging_oracle,
+    raw_value,
+)
+from tests.fuzz.profiles import fuzz
+from tests.property.invariants import bad_values
+from tests.property.strategies import CENTRE, World, WorldConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+ROOM = load_room(ROOT / "configs" / "room-sim.yaml")
+
+# -- strategies ---------------------------------------------------------------------------
+
+WORD_EDGES = (0, 1, 2, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF)
+words_16 = st.one_of(st.integers(0, 0xFFFF), st.sampled_from(WORD_EDGES))
+"""A word as it comes off the wire."""
+any_words = st.one_of(words_16, st.integers(-(2**33), 2**33), st.sampled_from((-1, 0x10000)))
+"""A word as a buggy backend might hand it over: negative and over 16 bits too."""
+
+
+@st.composite
+def register_defs(draw: st.DrawFn) -> RegisterDef:
+    type_ = draw(st.sampled_from(sorted(RAW_RANGE)))
+    bits = None
+    if type_ == "bitfield":
+        indices = draw(st.lists(st.integers(0, 15), min_size=1, max_size=16, unique=True))
+        bits = {f"b{i}": i for i in indices}
+    scale = draw(st.sampled_from((1.0, 0.1, 0.01, 0.001, 2.5, 1e-9, 1e6)))
+    return RegisterDef(address=draw(st.integers(0, 0xFFFE)), table="input", type=type_,
+                       bits=bits, scale=scale)
+
+
+# -- 1. codec -----------------------------------------------------------------------------
+
+
+@fuzz("codec")
+@given(reg=register_defs(), words=st.lists(any_words, max_size=3),
+       word_order=st.sampled_from(("big", "little")))
+def test_codec_decodes_only_valid_words_and_agrees_with_struct(
+        reg: RegisterDef, words: list[int], word_order: str) -> None:
+    expected = raw_value(reg.type, words, word_order)
+    try:
+        raw = decode_raw(reg, words, word_order)
+    except CodecError:
+        assert expected is None, f"{reg.type} {words}: refused, but decodes to {expected}"
+        return
+    assert expected is not None, f"{reg.type} {words} ({word_order}) decoded to {raw}"
+    assert raw == expected
+    low, high = RAW_RANGE[reg.type]
+    assert low <= raw <= high
+    assert decode(reg, words, word_order) == raw * reg.scale
+    assert encode_raw(reg, raw, word_order) == words, "encode is not the inverse of decode"
+    if reg.type == "bitfield":
+        flags = decode_bits(reg, words)
+        assert flags == {n: bool(raw >> i & 1) for n, i in (reg.bits or {}).items()}
+        named = dict(flags)
+        assert decode_bits(reg, encode_bits(reg, named)) == flags
+
+
+@fuzz("codec")
+@given(reg=register_defs(), value=st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True), st.integers(-(2**40), 2**40)),
+    word_order=st.sampled_from(("big", "little")))
+def test_codec_encodes_in_range_or_refuses(reg: RegisterDef, value: float,
+                                           word_order: str) -> None:
+    try:
+        words = encode(reg, value, word_order)
+    except CodecError:
+        return
+    except OverflowError:  # pragma: no cover - reported by the assertion below
+        pytest.fail(f"encode({reg.type}, {value!r}) raised OverflowError, not CodecError")
+    assert all(0 <= w <= 0xFFFF for w in words)
+    back = decode(reg, words, word_order)
+    assert abs(back - value) <= reg.scale / 2 * (1 + 1e-9) + abs(value) * 1e-12
+
+
+# -- 2. status decoding -------------------------------------------------------------------
+
+STATUS = {
+    "beam-gate": (ROOM.beam_gate_map, ("gate_readback", "status", "dose_delivered",
+                                       "fault_code", "heartbeat_echo"),
+                  beam_gate_status, beam_gate_oracle),
+    "xray-imaging": (ROOM.imaging_map, (
+        "status", "frame_counter", "frame_timestamp_ms", "device_clock_ms", "target_x",
+        "target_y", "target_z", "tracking_confidence", "cumulative_mas", "fault_code",
+        "heartbeat_echo"), imaging_status, imaging_oracle),
+}
+
+
+def _status_plan(device: str) -> Any:
+    from syncctl.devices import SignalMap
+
+    regmap, names, _, _ = STATUS[device]
+    return SignalMap(regmap).plan_reads(names)
+
+
+@st.composite
+def block_answers(draw: st.DrawFn, counts: tuple[int, ...]) -> list[list[int]]:
+    """Per block: the right number of words (mostly), or a wrong number; values from the wire
+    or beyond it."""
+    answers: list[list[int]] = []
+    blocks = draw(st.sampled_from((len(counts), len(counts), len(counts) - 1,
+                                   len(counts) + 1)))
+    for i in range(max(0, blocks)):
+        count = counts[i] if i < len(counts) else 1
+        size = draw(st.one_of(st.just(count), st.integers(0, count + 3)))
+        element = draw(st.sampled_from((words_16, words_16, any_words)))
+        answers.append(draw(st.lists(element, min_size=size, max_size=size)))
+    return answers
+
+
+@fuzz("decode_status")
+@given(data=st.data(), device=st.sampled_from(sorted(STATUS)))
+def test_status_decoding_refuses_malformed_words(data: st.DataObject, device: str) -> None:
+    regmap, _, decode_status, oracle = STATUS[device]
+    plan = _status_plan(device)
+    answers = data.draw(block_answers(tuple(b.count for b in plan.blocks)))
+    expected = oracle(Words(regmap, plan.blocks, answers))
+    try:
+        status = decode_status(plan.values(answers))
+    except DeviceDataError:
+        assert expected is None, f"refused valid words {answers}"
+        return
+    assert expected is not None, f"decoded malformed words {answers} into {status}"
+    assert status == expected
+
+
+# -- 3. ModbusLink against arbitrary PDUs ---------------------------------------------------
+
+
+class FakeClient:
+    """Stands in for the pymodbus client: every call returns (or raises) ``answer``."""
+
+    def __init__(self, answer: tuple[str, Any]) -> None:
+        self.answer = answer
+        self.connected = False
+
+    async def connect(self) -> bool:
+        self.connected = True
+        return True
+
+    def close(self) -> None:
+        self.connected = False
+
+    async def call(self, *args: Any, **kwargs: Any) -> Any:
+        kind, value = self.answer
+        if kind == "raise":
+            raise value
+        return value
+
+    read_input_registers = read_holding_registers = read_coils = read_discrete_inputs = call
+    write_register = write_registers = write_coil = write_coils = call
+
+
+FUNCTION_CODES = (1, 2, 3, 4, 5, 6, 15, 16, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x8F, 0x90)
+
+
+@st.composite
+def response_frames(draw: st.DrawFn) -> bytes:
+    """A response PDU as bytes: a plausible function code with a byte count and words (the
+    count and the words not necessarily agreeing), or arbitrary bytes."""
+    kind = draw(st.sampled_from(("read", "write", "exception", "random")))
+    fc = draw(st.one_of(st.sampled_from(FUNCTION_CODES), st.integers(0, 255)))
+    if kind == "read":
+        n = draw(st.integers(0, 20))
+        body = b"".join(w.to_bytes(2, "big") for w in draw(st.lists(words_16, max_size=n)))
+        count = draw(st.one_of(st.just(len(body)), st.integers(0, 255)))
+        return bytes([fc, count]) + body
+    if kind == "write":
+        return bytes([fc]) + draw(st.binary(min_size=4, max_size=4))
+    if kind == "exception":
+        return bytes([fc | 0x80, draw(st.integers(0, 255))])
+    return draw(st.binary(max_size=40))
+
+
+LIBRARY_ERRORS = (ModbusIOException("no answer"), ConnectionException("gone"),
+                  ModbusException("odd"), TimeoutError(), OSError(5, "EIO"),
+                  ConnectionResetError())
+
+
+WRITE_FC = {("holding", True): 6, ("holding", False): 16, ("coil", True): 5,
+            ("coil", False): 15}
+
+
+def _right_frame(op: tuple[Any, ...], words: list[int]) -> bytes:
+    """The PDU a correct device would answer ``op`` with (``words``: what a read returns)."""
+    kind, table, address, arg = op
+    if kind == "read":
+        if table in ("coil", "discrete"):
+            bits = [w & 1 for w in words[:arg]]
+            packed = bytes(sum(b << i for i, b in enumerate(bits[k:k + 8]))
+                           for k in range(0, len(bits), 8))
+            return bytes([READ_FUNCTION[table], len(packed)]) + packed
+        body = b"".join(w.to_bytes(2, "big") for w in words[:arg])
+        return bytes([READ_FUNCTION[table], len(body)]) + body
+    single = len(arg) == 1
+    fc = WRITE_FC[(table, single)]
+    if single:
+        value = (0xFF00 if arg[0] else 0) if table == "coil" else arg[0]
+        return bytes([fc]) + address.to_bytes(2, "big") + value.to_bytes(2, "big")
+    return bytes([fc]) + address.to_bytes(2, "big") + len(arg).to_bytes(2, "big")
+
+
+@st.composite
+def link_answers(draw: st.DrawFn, op: tuple[Any, ...]) -> tuple[str, Any]:
+    """The right answer to ``op``, or one mutation of it (function code, a byte, the length,
+    an exception response), arbitrary response bytes, or a client-library exception; decoded
+    by pymodbus's own PDU decoder, as its client would."""
+    choice = draw(st.sampled_from(("right", "right", "mutated", "mutated", "mutated",
+                                   "exception", "random", "raise", "none")))
+    if choice == "raise":
+        return "raise", draw(st.sampled_from(LIBRARY_ERRORS))
+    if choice == "none":
+        return "pdu", None
+    words = draw(st.lists(words_16, min_size=25, max_size=25))
+    frame = _right_frame(op, words)
+    if choice == "mutated":
+        how = draw(st.sampled_from(("fc", "byte", "shorter", "longer")))
+        if how == "fc":
+            frame = bytes([draw(st.sampled_from(FUNCTION_CODES))]) + frame[1:]
+        elif how == "byte":
+            at = draw(st.integers(1, len(frame) - 1))
+            frame = frame[:at] + bytes([draw(st.integers(0, 255))]) + frame[at + 1:]
+        elif how == "shorter":
+            frame = frame[:draw(st.integers(1, len(frame) - 1))]
+        else:
+            frame = frame + draw(st.binary(min_size=1, max_size=6))
+    elif choice == "exception":
+        frame = bytes([frame[0] | 0x80, draw(st.integers(0, 255))])
+    elif choice == "random":
+        frame = draw(response_frames())
+    return "pdu", DecodePDU(is_server=False).decode(frame)
+
+
+TRANSPORT = ModbusRtu(kind="modbus-rtu", port="/nonexistent/fuzz", unit=2)
+
+
+async def _link_call(answer: tuple[str, Any], op: tuple[Any, ...]
+                     ) -> tuple[ModbusLink, list[int] | LinkError | None]:
+    client = FakeClient(answer)
+    with mock.patch("syncctl.devices.modbus.make_client", lambda *a, **k: client):
+        link = ModbusLink(TRANSPORT, timeout_s=0.05)
+        assert await link.connect()
+        try:
+            if op[0] == "read":
+                return link, await link.read(op[1], op[2], op[3])
+            await link.write(op[1], op[2], op[3])
+            return link, None
+        except LinkError as exc:
+            return link, exc
+
+
+@st.composite
+def link_ops(draw: st.DrawFn) -> tuple[Any, ...]:
+    if draw(st.booleans()):
+        table = draw(st.sampled_from(("input", "holding", "coil", "discrete")))
+        return "read", table, draw(st.integers(0, 20)), draw(st.integers(1, 20))
+    table = draw(st.sampled_from(("holding", "coil")))
+    values = draw(st.lists(st.integers(0, 1) if table == "coil" else words_16,
+                           min_size=1, max_size=4))
+    return "write", table, draw(st.integers(0, 20)), values
+
+
+def _right_read_answer(pdu: Any, table: str, count: int) -> bool:
+    if pdu is None or pdu.isError() or pdu.function_code != READ_FUNCTION[table]:
+        return False
+    if table in ("coil", "discrete"):
+        return count <= len(pdu.bits) < count + 8
+    return len(pdu.registers) == count
+
+
+@fuzz("link_pdu")
+@given(data=st.data(), op=link_ops())
+def test_link_raises_only_link_error_and_returns_only_the_right_answer(
+        data: st.DataObject, op: tuple[Any, ...]) -> None:
+    answer = data.draw(link_answers(op))
+    link, result = asyncio.run(_link_call(answer, op))
+    kind, pdu = answer
+    assert link.stats["transactions"] == 1
+    if isinstance(result, LinkError):
+        assert result.kind in ("timeout", "disconnected", "malformed", "exception", "refused")
+        assert link.stats["failures"] == 1
+        if result.kind in ("timeout", "disconnected", "malformed"):
+            assert not link.connected, "a failed transaction must close the link"
+        else:
+            assert link.connected, f"{result.kind}: the device answered; keep the link"
+        if op[0] == "read":
+            assert not (kind == "pdu" and _right_read_answer(pdu, op[1], op[3])), (
+                f"refused the right answer {pdu}: {result}")
+        event(f"{op[0]}: {result.kind}")
+        return
+    assert link.stats["failures"] == 0
+    assert kind == "pdu" and pdu is not None and not pdu.isError()
+    if op[0] == "read":
+        _, table, _, count = op
+        assert isinstance(result, list)
+        assert _right_read_answer(pdu, table, count), f"accepted {pdu} for {op}"
+        assert len(result) == count
+        limit = 1 if table in ("coil", "discrete") else 0xFFFF
+        assert all(isinstance(w, int) and 0 <= w <= limit for w in result)
+        delivered = (list(pdu.registers) if limit > 1
+                     else [int(bool(b)) for b in pdu.bits[:count]])
+        assert result == delivered
+    else:
+        _, table, address, values = op
+        expected_fc = WRITE_FC[(table, len(values) == 1)]
+        assert pdu.function_code == expected_fc and pdu.address == address
+        if len(values) == 1:
+            echoed = pdu.registers if table == "holding" else [int(bool(pdu.bits[0]))]
+            assert list(echoed) == values
+        else:
+            assert pdu.count == len(values)
+    event(f"{op[0]}: {'ok' if not isinstance(result, LinkError) else result.kind}")
+
+
+# -- 4. the framers ----------------------------------------------------------------------
+
+
+def _rtu_frame(unit: int, pdu: bytes, good_crc: bool = True) -> bytes:
+    frame = bytes([unit]) + pdu
+    crc = FramerRTU.compute_CRC(frame)
+    return frame + (crc if good_crc else crc ^ 0x1).to_bytes(2, "big")
+
+
+@st.composite
+def wire_bytes(draw: st.DrawFn) -> bytes:
+    """Arbitrary bytes, or a response frame (good or bad CRC, or MBAP header) among
+    garbage."""
+    shape = draw(st.sampled_from(("random", "rtu", "rtu_bad_crc", "mbap")))
+    if shape == "random":
+        return draw(st.binary(max_size=300))
+    pdu = draw(response_frames())
+    if shape == "mbap":
+        length = draw(st.one_of(st.just(len(pdu) + 1), st.integers(0, 0xFFFF)))
+        head = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big") + b"\0\0" + length.to_bytes(
+            2, "big") + bytes([draw(st.integers(0, 255))])
+        frame = head + pdu
+    else:
+        frame = _rtu_frame(draw(st.integers(0, 255)), pdu, shape == "rtu")
+    before = draw(st.binary(max_size=8))
+    after = draw(st.binary(max_size=8))
+    return before + frame + after
+
+
+@fuzz("framer")
+@given(data=wire_bytes(), rtu=st.booleans(), unit=st.integers(0, 3))
+def test_framers_consume_any_bytes(data: bytes, rtu: bool, unit: int) -> None:
+    """What reaches pymodbus's transport from the line: ``handleFrame`` returns, or raises
+    ModbusIOException ("Unable to decode"); the Modbus client then answers with its timeout
+    (test_fuzz_serial shows the client in that case). Nothing else may escape."""
+    framer = (FramerRTU if rtu else FramerSocket)(DecodePDU(is_server=False))
+    try:
+        used, pdu = framer.handleFrame(data, unit, 0)
+    except ModbusIOException:
+        return
+    assert 0 <= used <= len(data)
+    if pdu is not None and rtu:
+        assert not unit or pdu.dev_id == unit
+
+
+@fuzz("framer")
+@given(unit=st.integers(1, 247), words=st.lists(words_16, min_size=1, max_size=40),
+       good_crc=st.booleans())
+def test_rtu_framer_takes_a_frame_only_with_its_crc(unit: int, words: list[int],
+                                                    good_crc: bool) -> None:
+    body = b"".join(w.to_bytes(2, "big") for w in words)
+    frame = _rtu_frame(unit, bytes([4, len(body)]) + body, good_crc)
+    used, pdu = FramerRTU(DecodePDU(is_server=False)).handleFrame(frame, unit, 0)
+    if good_crc:
+        assert pdu is not None and list(pdu.registers) == words and used == len(frame)
+    else:
+        assert pdu is None, "a frame with a wrong CRC was decoded"
+
+
+# -- 5. end to end: clients + pure core ------------------------------------------------------
+
+PARAMS = dataclasses.replace(ROOM.to_core_params(), plans=(Plan("fuzz", 1000.0, CENTRE),))
+DT = 0.01
+WORLD = WorldConfig(breathing_amplitude_mm=0.0, dose_rate_mu_per_s=2.0, confidence=0.95)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _encode_status(client: SignalDevice[Any], status: BeamGateStatus | ImagingStatus,
+                   backend: FakeBackend) -> None:
+    """Write a status into the device's register image, field by field through its map."""
+    regmap = client.signals
+    if isinstance(status, BeamGateStatus):
+        values: dict[str, float] = {
+            "gate_readback": int(status.gate_open_readback),
+            "dose_delivered": status.dose_delivered_mu, "fault_code": status.fault_code,
+            "heartbeat_echo": status.heartbeat_echo}
+        bits = {"ready": status.ready, "spill_active": status.spill_active,
+                "chain_ok": status.chain_ok, "door_closed": status.door_closed,
+                "estop_released": status.estop_released,
+                "watchdog_tripped": status.watchdog_tripped}
+    else:
+        values = {"frame_counter": status.frame_counter,
+                  "frame_timestamp_ms": status.frame_timestamp_ms,
+                  "device_clock_ms": status.device_clock_ms, "target_x": status.target.x_mm,
+                  "target_y": status.target.y_mm, "target_z": status.target.z_mm,
+                  "tracking_confidence": status.tracking_confidence,
+                  "cumulative_mas": status.cumulative_mas, "fault_code": status.fault_code,
+                  "heartbeat_echo": status.heartbeat_echo}
+        bits = {"prepared": status.prepared, "exposing": status.exposing}
+    image = backend.tables["input"]
+    for name, value in values.items():
+        sig = regmap[name]
+        for i, w in enumerate(encode(sig.reg, value, sig.word_order)):
+            image[sig.address + i] = w
+    status_reg = regmap["status"].reg
+    image[status_reg.address] = encode_bits(status_reg, bits)[0]
+
+
+class Room:
+    """Both real clients on fake backends, the world behind them, the core in front."""
+
+    def __init__(self) -> None:
+        self.clock = Clock()
+        self.world = World(WORLD)
+        self.backends: dict[str, FakeBackend] = {}
+        self.clients: dict[str, BeamGateClient | ImagingClient] = {}
+        for name, cls in (("bg", BeamGateClient), ("xi", ImagingClient)):
+            probe = cls(ROOM, self.clock, backend=FakeBackend(_dummy_block()))
+            block = probe.transaction_plan[0]
+            backend = FakeBackend(block)
+            identity = probe.signals["identity"]
+            backend.tables["input"][identity.address] = 0x4247 if name == "bg" else 0x5849
+            self.backends[name] = backend
+            self.clients[name] = cls(ROOM, self.clock, backend=backend)
+        self.state = CoreState(params=PARAMS)
+        self.outputs: Any = None
+        self.snapshot: Snapshot | None = None
+
+    async def tick(self, command: Command | None = None) -> None:
+        self.clock.now += DT
+        self.world.advance(DT)
+        truth = self.world.snapshot(self.clock.now)
+        assert truth.beam_gate.status is not None and truth.imaging.status is not None
+        _encode_status(self.clients["bg"], truth.beam_gate.status, self.backends["bg"])
+        _encode_status(self.clients["xi"], truth.imaging.status, self.backends["xi"])
+        bg_client, xi_client = self.clients["bg"], self.clients["xi"]
+        assert isinstance(bg_client, BeamGateClient) and isinstance(xi_client, ImagingClient)
+        self.snapshot = Snapshot(beam_gate=await bg_client.poll(),
+                                 imaging=await xi_client.poll())
+        self.state, self.outputs = step(self.state, self.snapshot, command, self.clock.now)
+        self.world.apply(self.outputs)
+
+    async def treat(self) -> None:
+        """Select, image, arm, beam on, as an operator would; the gate ends up open."""
+        async def ticks(n: int, command: CommandKind | None = None) -> None:
+            for i in range(n):
+                cmd = Command(command, "fuzz", "fuzz") if command and i == 0 else None
+                await self.tick(cmd)
+
+        await ticks(2)
+        await ticks(1, CommandKind.SELECT_PLAN)
+        await ticks(12, CommandKind.START_IMAGING)
+        await ticks(2, CommandKind.ARM)
+        await ticks(6, CommandKind.BEAM_ON)
+        assert self.state.mode is Mode.TREATING and self.outputs.beam_permit.granted, (
+            self.state.mode, self.outputs.beam_permit)
+
+
+def _dummy_block() -> Any:
+    from syncctl.devices import ReadBlock
+
+    return ReadBlock("input", 0, 0, ())
+
+
+Answer: TypeAlias = list[int] | LinkError | tuple[int, int]
+
+
+@st.composite
+def status_answers(draw: st.DrawFn, count: int) -> Answer:
+    """A fuzzed answer to one status read: one true word replaced (``(index, word)``),
+    arbitrary words (right count or not, 16-bit or not), or a failed transaction."""
+    kind = draw(st.sampled_from(("flip", "flip", "words", "count", "link")))
+    if kind == "flip":
+        return draw(st.integers(0, count - 1)), draw(words_16)
+    if kind == "words":
+        return draw(st.lists(st.sampled_from((words_16, any_words)).flatmap(lambda s: s),
+                             min_size=count, max_size=count))
+    if kind == "count":
+        n = draw(st.integers(0, count + 4).filter(lambda n: n != count))
+        return draw(st.lists(words_16, min_size=n, max_size=n))
+    return LinkError(draw(st.sampled_from(("timeout", "malformed", "disconnected",
+                                           "exception"))), "fuzzed")
+
+
+def _in_range(snapshot: Snapshot) -> list[str]:
+    """Independent check of a snapshot the core granted the beam from."""
+    problems = list(bad_values(snapshot))
+    xi = snapshot.imaging.status
+    if xi is not None:
+        if xi.tracking_confidence < PARAMS.min_confidence:
+            problems.append(f"confidence {xi.tracking_confidence}")
+        d = (xi.target.x_mm - CENTRE.x_mm, xi.target.y_mm - CENTRE.y_mm,
+             xi.target.z_mm - CENTRE.z_mm)
+        outer = PARAMS.hysteresis_mm
+        w = PARAMS.window
+        if isinstance(w, WindowBox):
+            inside = (abs(d[0]) <= w.half_x_mm + outer and abs(d[1]) <= w.half_y_mm + outer
+                      and abs(d[2]) <= w.half_z_mm + outer)
+        else:
+            assert isinstance(w, WindowSphere)
+            inside = math.hypot(*d) <= w.radius_mm + outer
+        if not inside:
+            problems.append(f"target {xi.target} outside the window")
+        if not (xi.prepared and xi.exposing):
+            problems.append("not exposing")
+    return problems
+
+
+Step: TypeAlias = tuple[str, Answer] | None
+
+
+@st.composite
+def fuzz_steps(draw: st.DrawFn) -> list[Step]:
+    counts = {"bg": 6, "xi": 18}
+    steps: list[Step] = []
+    for _ in range(draw(st.integers(1, 12))):
+        if draw(st.integers(0, 3)) == 0:
+            steps.append(None)  # a clean step between fuzzed ones
+            continue
+        device = draw(st.sampled_from(("bg", "xi")))
+        steps.append((device, draw(status_answers(counts[device]))))
+    return steps
+
+
+@fuzz("core_e2e", slow=True)
+@given(steps=fuzz_steps())
+def test_no_permit_from_a_malformed_answer(steps: list[Step]) -> None:
+    asyncio.run(_run_e2e(steps))
+
+
+async def _run_e2e(steps: list[Step]) -> None:
+    room = Room()
+    await room.treat()
+    assert room.backends["bg"].status_block.count == 6
+    assert room.backends["xi"].status_block.count == 18
+    oracles: dict[str, Callable[[Words], Any]] = {"bg": beam_gate_oracle, "xi": imaging_oracle}
+    maps = {"bg": ROOM.beam_gate_map, "xi": ROOM.imaging_map}
+    granted_after = 0
+    for item in [*steps, *[None] * 8]:  # clean steps at the end: the beam comes back
+        device = None
+        if item is not None:
+            device, answer = item
+            room.backends[device].answer = answer
+            before = room.clients[device].reading
+        await room.tick()
+        snap, out = room.snapshot, room.outputs
+        assert snap is not None
+        malformed = False
+        if device is not None:
+            backend = room.backends[device]
+            reading = snap.beam_gate if device == "bg" else snap.imaging
+            served = backend.served
+            expected = None if isinstance(served, LinkError) or served is None else (
+                oracles[device](Words(maps[device], [backend.status_block], [served])))
+            if expected is None:
+                malformed = True
+                assert reading.healthy is False, f"healthy after a malformed answer {served}"
+                assert reading.status == before.status, "the last good status was replaced"
+                assert reading.read_at == before.read_at
+            else:
+                assert reading.healthy is True, f"a valid answer made it unhealthy: {served}"
+                assert reading.status == expected, "the reading is not what the words say"
+        if out.beam_permit.granted:
+            assert not malformed, f"beam permit granted on a malformed answer: {item}"
+            assert snap.beam_gate.healthy and snap.imaging.healthy
+            assert not _in_range(snap), f"beam permit granted on {_in_range(snap)}"
+            assert out.gate.value == "open"
+            if item is None:
+                granted_after += 1
+        else:
+            assert out.gate.value == "close"
+    event(f"final mode {room.state.mode.name}")
+    event("the beam came back after the fuzzed steps" if granted_after
+          else "the beam stayed off after the fuzzed steps")

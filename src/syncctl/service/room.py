@@ -456,7 +456,9 @@ class RoomService:
             if local:
                 answer("invalid", "a local console does not log in")
                 return
-            why = self.users.authenticate(env.operator, env.role, env.pin or "")
+            # scrypt takes tens of milliseconds: off the event loop, never in the cycle's way
+            why = await asyncio.to_thread(self.users.authenticate, env.operator, env.role,
+                                          env.pin or "")
             why = why or self.sessions.login(env)
             if why:
                 answer("unauthorised", why)

@@ -1,0 +1,492 @@
+"""The room over a real mosquitto broker: a third-party subscriber, access control, and a
+broker killed and restarted in the middle of a fraction.
+
+Each test starts its own ``mosquitto`` on a free loopback port with a temporary configuration:
+a password file made with ``mosquitto_passwd -b`` and the ACL shipped in
+``configs/mosquitto/acl.example``. Readiness is a successful MQTT connection, never a sleep;
+every broker, simulator and ``syncctl demo`` process a test starts is stopped at teardown.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from syncctl.audit import AuditTrail, read_records, verify
+from syncctl.bus import (
+    Ack,
+    Alarms,
+    BusClient,
+    EventMessage,
+    InterlockTable,
+    MqttBus,
+    MqttSettings,
+    RoomState,
+    Status,
+    Topics,
+    load_users,
+)
+from syncctl.config import load_room
+from syncctl.controller import Controller
+from syncctl.core import Mode
+from syncctl.devices import BeamGateClient, ImagingClient
+from syncctl.service import RoomService, ServiceSettings
+from tests.integration.conftest import ROOM, ROOT, Sim
+
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+MOSQUITTO_SUB = shutil.which("mosquitto_sub")
+pytestmark = pytest.mark.skipif(
+    MOSQUITTO is None or MOSQUITTO_PASSWD is None or MOSQUITTO_SUB is None,
+    reason="mosquitto and mosquitto-clients are not installed (scripts/test.sh installs them)")
+
+ACL = ROOT / "configs" / "mosquitto" / "acl.example"
+USERS = ROOT / "configs" / "users-sim.yaml"
+ROOM_ID = "sim-1"
+CONTROLLER = "syncctl-sim-1"
+PASSWORDS = {CONTROLLER: "ctl-secret", "operator1": "op-secret", "physicist1": "ph-secret",
+             "viewer1": "view-secret"}
+PINS = {"operator1": "1111", "physicist1": "2222", "viewer1": "4444"}
+TOPICS = Topics("syncctl", ROOM_ID)
+STOP_TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Broker:
+    """A mosquitto process of our own: start, wait until it accepts MQTT, kill, restart."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.log = workdir / "mosquitto.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        passwd = workdir / "passwd"
+        for i, (user, password) in enumerate(PASSWORDS.items()):
+            flags = ["-c"] if i == 0 else []
+            subprocess.run([str(MOSQUITTO_PASSWD), *flags, "-b", str(passwd), user, password],
+                           check=True, capture_output=True, timeout=30)
+        text = passwd.read_text()
+        assert all(pw not in text for pw in PASSWORDS.values())  # hashed, never plain
+        self.conf = workdir / "mosquitto.conf"
+        lines = [
+            "per_listener_settings false",
+            "allow_anonymous false",
+            f"password_file {passwd}",
+            f"acl_file {ACL}",
+            "persistence false",
+            f"listener {self.port} 127.0.0.1",
+        ]
+        if os.geteuid() == 0:
+            lines.append("user root")  # else mosquitto drops to "mosquitto", who cannot read tmp
+        self.conf.write_text("\n".join(lines) + "\n")
+
+    def start(self, timeout_s: float = 15.0) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen([str(MOSQUITTO), "-c", str(self.conf)],
+                                            stdout=log, stderr=subprocess.STDOUT)
+        asyncio.run(self._wait_ready(timeout_s))
+
+    async def _wait_ready(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                pytest.fail(f"mosquitto exited {self.process.returncode}:\n"
+                            f"{self.log.read_text(errors='replace')}")
+            try:
+                async with aiomqtt.Client("127.0.0.1", self.port, username="viewer1",
+                                          password=PASSWORDS["viewer1"], timeout=1.0):
+                    return
+            except aiomqtt.MqttError:
+                if time.monotonic() > deadline:
+                    pytest.fail("mosquitto did not accept a connection in time")
+                await asyncio.sleep(0.02)
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(STOP_TIMEOUT_S)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT_S)
+        assert self.process is None or self.process.poll() is not None
+
+    def settings(self, user: str, **more: object) -> MqttSettings:
+        return MqttSettings(port=self.port, username=user, password=PASSWORDS.get(user),
+                            reconnect_max_s=0.5, timeout_s=3.0, **more)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    running = Broker(tmp_path)
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@dataclass
+class MqttRoom:
+    controller: Controller
+    service: RoomService
+    bus: MqttBus
+    trail: AuditTrail
+    audit_path: Path
+
+    async def mode(self, mode: Mode, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while self.controller.state.mode is not mode:
+            assert time.monotonic() < deadline, f"not {mode} in time"
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def mqtt_room(sim: Sim, broker: Broker, tmp_path: Path) -> AsyncIterator[MqttRoom]:
+    """The controller over the simulators, its room service on its own MQTT connection."""
+    config = load_room(ROOM)
+    runtime = config.with_endpoints(sim.ready["beam_gate"], sim.ready["imaging"])
+    beam_gate, imaging = BeamGateClient(runtime), ImagingClient(runtime)
+    controller = Controller(config.to_core_params(), beam_gate, imaging,
+                            imaging_period_s=0.004, deadline_s=0.05,
+                            max_consecutive_overruns=20)
+    bus = MqttBus(TOPICS, broker.settings(CONTROLLER, client_id=CONTROLLER),
+                  will=Status(room=ROOM_ID, controller="offline"))
+    audit_path = tmp_path / "audit.sqlite"
+    trail = AuditTrail(audit_path, room=ROOM_ID, flush_interval_s=0.05)
+    service = RoomService(controller, bus, load_users(USERS),
+                          ServiceSettings.from_config(config), audit=trail)
+    stop = asyncio.Event()
+    await service.start()
+    run = asyncio.create_task(controller.run(stop))
+    room = MqttRoom(controller, service, bus, trail, audit_path)
+    try:
+        assert await bus.wait_connected(10)
+        await room.mode(Mode.SAFE)
+        yield room
+    finally:
+        stop.set()
+        await asyncio.wait_for(run, 10)
+        await service.stop()
+        await bus.close()
+        await beam_gate.close()
+        await imaging.close()
+        trail.close()
+
+
+@contextlib.asynccontextmanager
+async def client_of(broker: Broker, user: str) -> AsyncIterator[BusClient]:
+    bus = MqttBus(TOPICS, broker.settings(user))
+    client = BusClient(bus, ack_timeout_s=5.0)
+    try:
+        await bus.start()
+        assert await bus.wait_connected(10), bus.stats.last_error
+        await client.start()
+        yield client
+    finally:
+        await client.close()
+        await bus.close()
+
+
+def mosquitto_sub(broker: Broker, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [str(MOSQUITTO_SUB), "-h", "127.0.0.1", "-p", str(broker.port), "-u", "viewer1",
+         "-P", PASSWORDS["viewer1"], "-v", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(process: subprocess.Popen[str], timeout_s: float) -> tuple[str, str]:
+    try:
+        return process.communicate(timeout=timeout_s)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate(timeout=STOP_TIMEOUT_S)
+
+
+def lines_by_topic(out: str) -> list[tuple[str, dict[str, object]]]:
+    found = []
+    for line in out.splitlines():
+        topic, _, payload = line.partition(" ")
+        found.append((topic, json.loads(payload)))
+    return found
+
+
+# --- a third-party subscriber ---------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_mosquitto_sub_sees_retained_state_and_events(
+        sim: Sim, broker: Broker, tmp_path: Path) -> None:
+    async with mqtt_room(sim, broker, tmp_path) as room, client_of(broker, "operator1") as op:
+        deadline = time.monotonic() + 10
+        while (op.state is None or op.state.mode != "SAFE" or op.interlocks is None
+               or op.status is None):
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        # The retained topics, as a viewer's mosquitto_sub sees them on connecting.
+        retained = mosquitto_sub(broker, "--retained-only", "-W", "10",
+                                 "-t", TOPICS.state, "-t", TOPICS.interlocks, "-t",
+                                 TOPICS.alarms, "-t", TOPICS.status)
+        out, err = await asyncio.to_thread(finish, retained, 15)
+        got = dict(lines_by_topic(out))
+        assert set(got) == {TOPICS.state, TOPICS.interlocks, TOPICS.alarms, TOPICS.status}, err
+        state = RoomState.model_validate(got[TOPICS.state])
+        assert state.mode == "SAFE" and state.controller_online and state.room == ROOM_ID
+        assert not state.beam_permit.granted
+        assert {r.rule_id for r in state.beam_permit.denied_by} >= {"IL-020"}
+        assert got[TOPICS.state]["schema"] == 1
+        InterlockTable.model_validate(got[TOPICS.interlocks])
+        Alarms.model_validate(got[TOPICS.alarms])
+        assert Status.model_validate(got[TOPICS.status]).controller == "online"
+
+        # Events, live: a plan selection by a logged-in operator. The retained status comes
+        # first: once it is printed, the (earlier) events subscription stands.
+        events = mosquitto_sub(broker, "-C", "4", "-W", "15", "-t", TOPICS.events,
+                               "-t", TOPICS.status)
+        assert events.stdout is not None
+        first = await asyncio.wait_for(asyncio.to_thread(events.stdout.readline), 10)
+        assert first.startswith(TOPICS.status + " ")
+        await op.login("operator1", "operator", PINS["operator1"])
+        ack = await op.send("select_plan", plan_id="lung-01")
+        assert ack.result == "accepted" and ack.mode == "SETUP"
+        out, err = await asyncio.to_thread(finish, events, 20)
+        seen = [EventMessage.model_validate(p) for _, p in lines_by_topic(out)]
+        assert [e.kind for e in seen] == ["login", "command_accepted", "mode_changed"], err
+        assert [e.seq for e in seen] == list(range(seen[0].seq, seen[0].seq + 3))
+        assert seen[1].operator == "operator1"
+        assert seen[2].message == "SAFE -> SETUP (select_plan)" and seen[2].mode == "SETUP"
+        assert room.controller.state.mode is Mode.SETUP
+
+
+# --- access control -------------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_unauthorised_commands_are_refused_audited_and_change_nothing(
+        sim: Sim, broker: Broker, tmp_path: Path) -> None:
+    async with mqtt_room(sim, broker, tmp_path) as room:
+        # No credentials: the broker refuses the connection.
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, timeout=3.0):
+                pass
+        async with client_of(broker, "operator1") as op, client_of(broker, "viewer1") as viewer:
+            # A broker account that may not write commands: the broker drops it; no answer.
+            acks = viewer.bus.subscribe(TOPICS.acks("viewer1"))
+            viewer.bus.publish(op_envelope(op, "select_plan", plan_id="lung-01",
+                                           operator="viewer1", role="viewer", seq=1))
+            assert await acks.get(1.0) is None
+            # Wrong role for the user (login refused), no session, wrong room, malformed
+            # JSON, a replayed sequence number.
+            with pytest.raises(Exception, match="not the role"):
+                await op.login("operator1", "physicist", PINS["operator1"])
+            with pytest.raises(Exception, match="wrong PIN"):
+                await op.login("operator1", "operator", "0000")
+            anonymous = op.bus.subscribe(TOPICS.acks("operator1"))
+            await asyncio.wait_for(anonymous.ready.wait(), 5)
+            op.bus.publish(op_envelope(op, "arm", seq=5, session="s" * 24))
+            ack = await next_ack(anonymous)
+            assert ack.result == "unauthorised" and "not logged in" in ack.reason
+            await op.login("operator1", "operator", PINS["operator1"])
+            env = op.envelope("select_plan", plan_id="lung-01")
+            op.bus.publish(env.model_copy(update={"room": "sim-2"}))
+            ack = await next_ack(anonymous, env.seq)
+            assert ack.result == "unauthorised" and "wrong room" in ack.reason
+            route = op.bus.topics.route(env)
+            op.bus._send(route, b'{"command": "select_plan", "operator": "operator1"')  # cut
+            op.bus._send(route, b'{"command": "beam_on", "operator": "operator1", "seq": 77}')
+            ack = await next_ack(anonymous, 77)  # readable enough to be answered
+            assert ack.result == "invalid" and "session" in ack.reason
+            harmless = op.envelope("stop_imaging")  # the core refuses it in SAFE
+            op.bus.publish(harmless)
+            ack = await next_ack(anonymous, harmless.seq)
+            assert ack.result == "refused" and ack.mode == "SAFE"
+            op.bus.publish(harmless.model_copy(update={"command": "select_plan",
+                                                       "plan_id": "lung-01"}))  # a replay
+            ack = await next_ack(anonymous, harmless.seq)
+            assert ack.result == "unauthorised" and "replayed" in ack.reason
+            await asyncio.sleep(0.3)
+            assert room.controller.state.mode is Mode.SAFE
+            assert op.state is not None and op.state.mode == "SAFE"
+        room.trail.close()
+        records = read_records(room.audit_path)
+        commands = [r for r in records if r["kind"] == "command"]
+        reasons = " | ".join(str(r["payload"]) for r in commands)
+        for words in ("not the role", "wrong PIN", "not logged in", "wrong room", "replayed"):
+            assert words in reasons, words
+        invalid = [r for r in commands if '"result":"invalid"' in str(r["payload"])]
+        assert len(invalid) == 2  # the cut payload (anonymous) and the envelope without session
+        assert not any('"result":"accepted","role":"viewer"' in str(r["payload"])
+                       for r in commands)
+        assert verify(room.audit_path).ok
+
+
+def op_envelope(client: BusClient, command: str, **fields: object) -> object:
+    values: dict[str, object] = {
+        "command": command, "operator": client.operator or "operator1",
+        "role": client.role or "operator", "room": ROOM_ID,
+        "session": client.session or "v" * 24, "seq": 1}
+    values.update(fields)
+    from syncctl.bus import CommandEnvelope
+
+    return CommandEnvelope.model_validate(values)
+
+
+async def next_ack(sub: object, seq: int | None = None, timeout_s: float = 5.0) -> Ack:
+    from syncctl.bus import Subscription
+
+    assert isinstance(sub, Subscription)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        item = await sub.get(max(0.01, deadline - time.monotonic()))
+        assert item is not None, "no acknowledgement in time"
+        ack = Ack.model_validate_json(item.payload)
+        if seq is None or ack.seq == seq:
+            return ack
+
+
+# --- a broker outage during a fraction --------------------------------------------------------
+
+
+def room_file(tmp_path: Path, broker: Broker) -> Path:
+    """room-sim.yaml with MQTT on, pointing at our broker, beside its maps and users."""
+    shutil.copytree(ROOT / "configs" / "registers", tmp_path / "registers")
+    shutil.copy(USERS, tmp_path / "users-sim.yaml")
+    (tmp_path / "mqtt-controller.yaml").write_text(
+        f"username: {CONTROLLER}\npassword: {PASSWORDS[CONTROLLER]}\n")
+    text = (ROOT / "configs" / "room-sim.yaml").read_text()
+    # Timing limits relaxed as in the other integration tests: this machine is shared, and
+    # what is under test is the broker outage, not the scheduler.
+    for old, new in (("device_watchdog_timeout_ms: 200", "device_watchdog_timeout_ms: 1000"),
+                     ("device_stale_ms: 100", "device_stale_ms: 500"),
+                     ("cycle_deadline_ms: 20", "cycle_deadline_ms: 50"),
+                     ("max_consecutive_overruns: 5", "max_consecutive_overruns: 20")):
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    text = text.replace("mqtt:\n  enabled: false\n", (
+        f"mqtt:\n  enabled: true\n  host: 127.0.0.1\n  port: {broker.port}\n"
+        "  credentials_file: mqtt-controller.yaml\n  reconnect_max_s: 0.5\n"))
+    path = tmp_path / "room.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.asyncio
+async def test_a_broker_outage_does_not_touch_the_fraction_and_loses_no_event(
+        broker: Broker, tmp_path: Path) -> None:
+    config = room_file(tmp_path, broker)
+    summary_path = tmp_path / "summary.json"
+    audit_path = tmp_path / "audit.sqlite"
+    async with client_of(broker, "viewer1") as viewer:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "syncctl", "demo", "--config", str(config), "--quiet",
+             "--no-record", "--audit", str(audit_path), "--json", str(summary_path),
+             "--max-seconds", "120"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            # Wait for the beam, then take the broker away for a while.
+            deadline = time.monotonic() + 60
+            while viewer.state is None or viewer.state.mode != "TREATING":
+                assert demo.poll() is None, demo.communicate()[0]
+                assert time.monotonic() < deadline, "no TREATING in time"
+                await asyncio.sleep(0.02)
+            seq_before = max(e.seq for e in viewer.events)
+            broker.kill()
+            assert await viewer.bus.wait_disconnected(5)
+            await asyncio.sleep(2.0)  # the outage: the fraction goes on, events queue up
+            await asyncio.to_thread(broker.start)  # its own event loop, in a thread
+            assert await viewer.bus.wait_connected(10)
+            out, _ = await asyncio.to_thread(finish, demo, 90)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.communicate(timeout=STOP_TIMEOUT_S)
+        assert demo.returncode == 0, out + (summary_path.read_text()
+                                            if summary_path.exists() else "no summary")
+        # The subscriber holds every event of the run, without a gap, after the outage too.
+        deadline = time.monotonic() + 10
+        while not any(e.kind == "service_stopped" for e in viewer.events) or viewer.missing:
+            assert time.monotonic() < deadline, (viewer.missing, [e.seq for e in viewer.events])
+            await asyncio.sleep(0.05)
+    seqs = sorted(e.seq for e in viewer.events)
+    assert seqs == list(range(1, seqs[-1] + 1))
+    assert seqs[-1] > seq_before
+    kinds = [e.kind for e in sorted(viewer.events, key=lambda e: e.seq)]
+    assert "mode_changed" in kinds and kinds[-1] == "service_stopped"
+    assert any(e.message == "TREATING -> COMPLETE (complete)" for e in viewer.events)
+    # The fraction did not notice: complete, no trip, no overrun run.
+    summary = json.loads(summary_path.read_text())
+    assert summary["final_state"] == "COMPLETE" and summary["trips"] == []
+    assert summary["controller"]["overruns"] < 20
+    assert abs(summary["delivered_dose_mu"] - summary["planned_dose_mu"]) < 0.06
+    # and the audit trail holds the run (treatment record last but one: the trail closes).
+    assert verify(audit_path).ok
+    assert any(r["kind"] == "treatment_record" for r in read_records(audit_path))
+
+
+@pytest.mark.asyncio
+async def test_the_last_will_marks_the_controller_offline(broker: Broker) -> None:
+    # A controller connection that dies without a goodbye: the broker publishes the will.
+    async with client_of(broker, "viewer1") as viewer:
+        probe = subprocess.Popen(
+            [sys.executable, "-c", (
+                "import asyncio, aiomqtt, sys\n"
+                "async def main():\n"
+                f"    will = aiomqtt.Will({TOPICS.status!r}, "
+                f"{Status(room=ROOM_ID, controller='offline').model_dump_json(by_alias=True)!r},"
+                " qos=1, retain=True)\n"
+                f"    async with aiomqtt.Client('127.0.0.1', {broker.port}, username="
+                f"{CONTROLLER!r}, password={PASSWORDS[CONTROLLER]!r}, will=will) as c:\n"
+                f"        await c.publish({TOPICS.status!r}, "
+                f"{Status(room=ROOM_ID, controller='online').model_dump_json(by_alias=True)!r},"
+                " qos=1, retain=True)\n"
+                "        print('up', flush=True)\n"
+                "        await asyncio.sleep(60)\n"
+                "asyncio.run(main())\n")],
+            stdout=subprocess.PIPE, text=True)
+        try:
+            assert probe.stdout is not None
+            assert await asyncio.to_thread(probe.stdout.readline) == "up\n"
+            deadline = time.monotonic() + 10
+            while viewer.status is None or viewer.status.controller != "online":
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            probe.kill()  # no DISCONNECT: the broker sees the socket close
+            probe.wait(STOP_TIMEOUT_S)
+            while viewer.status.controller != "offline":
+                assert time.monotonic() < deadline, "no last will"
+                await asyncio.sleep(0.01)
+        finally:
+            if probe.poll() is None:
+                probe.kill()
+                probe.wait(STOP_TIMEOUT_S)
+            if probe.stdout is not None:
+                probe.stdout.close()

@@ -11,9 +11,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/bootstrap.sh"
 cd "$ROOT"
 
-# Debian packages the tests use as independent peers: mbpoll (a third-party Modbus client).
+# Debian packages the tests use as independent peers: mbpoll (a third-party Modbus client),
+# mosquitto (the MQTT broker) and mosquitto-clients (mosquitto_sub, mosquitto_passwd).
 debs=()
 command -v mbpoll >/dev/null 2>&1 || debs+=(mbpoll)
+{ command -v mosquitto || [ -x /usr/sbin/mosquitto ]; } >/dev/null 2>&1 || debs+=(mosquitto)
+command -v mosquitto_sub >/dev/null 2>&1 || debs+=(mosquitto-clients)
 if [ ${#debs[@]} -gt 0 ]; then
     echo "== installing Debian packages: ${debs[*]}"
     if [ "$(id -u)" = 0 ]; then

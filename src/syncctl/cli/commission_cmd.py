@@ -105,19 +105,20 @@ async def run_commissioning(config: RoomConfig, args: argparse.Namespace) -> int
                      f"confirmation, and the person steps (door, e-stop) were performed by the "
                      f"tool through the simulators' backdoor at {host}:{port}; their times are "
                      f"the simulated devices' reaction, not a person's.")
-    try:
-        for fact in await no_controller_treating(config, need_imaging=True, strict=False):
-            prompter.say(f"no controller seen: {fact}")
-    except Refused as exc:
-        lines.close()
-        print(f"refused: {exc}", file=sys.stderr)
-        return EXIT_REFUSED
     options = Options(steps=args.steps, rehearse=args.rehearse, gate_cycles=args.gate_cycles,
                       imaging_s=args.imaging_seconds, person_timeout_s=args.person_timeout)
     digest = config_hash(config)
     prompter.say(f"syncctl commission: room {config.room.room.id} (config {config.path}, "
                  f"hash {digest}), engineer {args.engineer}, "
                  f"{'REHEARSAL against the simulators' if args.rehearse else 'hardware'}")
+    try:
+        for fact in await no_controller_treating(config, need_imaging=True, strict=False):
+            prompter.say(f"no controller seen: {fact}")
+            notes.append(f"before the run, no controller seen: {fact}")
+    except Refused as exc:
+        lines.close()
+        print(f"refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
     t0 = time.monotonic()
     try:
         results = await Commissioning(config, prompter, options, rehearsal).run()

@@ -777,6 +777,11 @@ class Commissioning:
             if self.clock() >= end:
                 break
             await asyncio.sleep(period)
+        last = self.xic.status
+        if last is not None:
+            result.figures["at_end"] = {"exposing": last.exposing, "prepared": last.prepared,
+                                        "fault_code": last.fault_code,
+                                        "frame_counter": last.frame_counter}
         t1 = self.clock()
         stopped = await self.xic.write_xray(XrayCommand.STOP)
         at, _, _ = await self.wait_xic(lambda s: not s.exposing, 1.0)
@@ -787,6 +792,9 @@ class Commissioning:
                                          xic_config.pulse_width_ms,
                                          self.config.room.gating.max_frame_age_ms)
         result.figures.update(figures)
+        result.figures["link"] = dict(self.xic.stats)
+        hb = self.devices["imaging"].heartbeat
+        result.figures["heartbeats"] = {"acknowledged": hb.acks, "failed": hb.failures}
         result.checks.extend(checks)
         result.checks.append(latency_check(
             "stop command to exposing off", [] if stop_ms is None else [stop_ms],

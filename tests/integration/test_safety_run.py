@@ -8,7 +8,6 @@ cannot be met fails as too slow: the suite can fail.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -18,9 +17,9 @@ import pytest
 from syncctl.core import RULES, Rule
 from syncctl.safety.hazards import load_hazard_log
 from syncctl.safety.report import write_reports
-from syncctl.safety.runner import ScenarioResult, run_scenario
+from syncctl.safety.runner import ScenarioResult
 from syncctl.safety.scenarios import GateExpect, load_scenario, scenario_files
-from syncctl.safety.suite import SuiteResult, run_suite
+from syncctl.safety.suite import SuiteResult, run_scenario_once_more_if_not_started, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 SCENARIOS = ROOT / "safety_cases" / "scenarios"
@@ -123,7 +122,8 @@ def test_the_reports_are_well_formed_and_complete(suite: tuple[SuiteResult, Path
 
 def run_one(name: str, out: Path, rules: tuple[Rule, ...]) -> ScenarioResult:
     file = SCENARIOS / f"{name}.yaml"
-    return asyncio.run(run_scenario(load_scenario(file).scenario, file, out, ROOT, rules))
+    return run_scenario_once_more_if_not_started(load_scenario(file).scenario, file, out, ROOT,
+                                                 rules)
 
 
 def test_without_il_005_the_estop_scenario_fails_naming_the_rule(tmp_path: Path) -> None:
@@ -152,8 +152,8 @@ def test_a_deadline_that_cannot_be_met_fails_as_too_slow(tmp_path: Path) -> None
     scenario = load_scenario(file).scenario
     expect = scenario.expect.model_copy(update={"gate": GateExpect(
         readback_closed_within_ms=0.001)})
-    result = asyncio.run(run_scenario(scenario.model_copy(update={"expect": expect}), file,
-                                      tmp_path, ROOT))
+    result = run_scenario_once_more_if_not_started(
+        scenario.model_copy(update={"expect": expect}), file, tmp_path, ROOT)
     assert not result.passed
     failed = {c.name: c.detail for c in result.failures}
     assert failed["gate read back closed"].endswith("TOO SLOW")

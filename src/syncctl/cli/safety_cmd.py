@@ -119,6 +119,8 @@ def run(root: Path, hazards: Path, report_dir: Path, ids: list[str], reviews: bo
         verdict = "PASS" if result.passed else "FAIL"
         print(f"[{n:>2}/{total}] {verdict} {result.scenario.id}  {result.duration_s:.1f} s  "
               f"slowest {slowest_text(result)}", flush=True)
+        for attempt, error in enumerate(result.earlier_attempts, start=1):
+            print(f"          attempt {attempt} not carried out: {error}", flush=True)
         if not result.passed:
             from syncctl.safety.report import failure_text
 

@@ -34,6 +34,8 @@ def _rel(path: Path | None, base: Path) -> str | None:
 def failure_text(result: ScenarioResult) -> str:
     """Why a scenario failed, one sentence per failed check."""
     lines = []
+    lines += [f"attempt {n} not carried out: {e}"
+              for n, e in enumerate(result.earlier_attempts, start=1)]
     if result.error is not None:
         lines.append(f"not carried out: {result.error}")
     lines += [f"{c.name}: {c.detail}" for c in result.failures]
@@ -279,6 +281,9 @@ def _scenario_html(result: ScenarioResult) -> list[str]:
         out.append(f"<p>{_e(s.description)}</p>")
     if not result.passed:
         out.append(f'<p class="fail">Why it failed:</p><pre>{_e(failure_text(result))}</pre>')
+    elif result.earlier_attempts:
+        out.append("<p>Carried out at attempt {}; earlier: {}</p>".format(
+            len(result.earlier_attempts) + 1, _e("; ".join(result.earlier_attempts))))
     if s.steps:
         out.append("<p>Steps:</p><ol>" + "".join(
             f"<li>{_e(step.describe())}{' (trigger)' if i == s.trigger_index else ''}"

@@ -31,12 +31,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pymodbus.client import AsyncModbusTcpClient
+
 from syncctl.analysis.truth import read_truth_rows
 from syncctl.audit import AuditListener, AuditTrail, read_records
-from syncctl.cli.faults import FAULTS, Fault, inject, parse_fault
+from syncctl.cli.faults import FAULTS, Fault, parse_fault
 from syncctl.cli.simproc import SimulatorError, start_simulators
-from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
-from syncctl.config.backdoor import load_backdoor_layout
+from syncctl.config import ConfigError, RoomConfig, config_hash, encode, load_room
+from syncctl.config.backdoor import BackdoorLayout, load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import (
     RULES,
@@ -111,6 +113,11 @@ class ScenarioResult:
     rules_removed: list[str] = field(default_factory=list)
     error: str | None = None
     """The scenario could not be carried out (simulators did not start, a step timed out)."""
+    reached_initial_mode: bool = False
+    """The room got to the scenario's initial mode and the steps started."""
+    earlier_attempts: list[str] = field(default_factory=list)
+    """Why earlier attempts were not carried out (see ``syncctl.safety.suite``: an attempt
+    that never reached the initial mode is repeated once)."""
 
     @property
     def passed(self) -> bool:
@@ -138,6 +145,8 @@ class ScenarioResult:
             "trips": self.trips, "refusals": self.refusals,
             "safe_state_confirmed": self.safe_state_confirmed,
             "rules_removed": self.rules_removed,
+            "reached_initial_mode": self.reached_initial_mode,
+            "earlier_attempts": self.earlier_attempts,
             "audit_file": None if self.audit_file is None else str(self.audit_file),
             "recording_file": None if self.recording_file is None else str(self.recording_file),
             "timeline": self.timeline,
@@ -272,6 +281,7 @@ class _Run:
     """What the steps leave behind for the judgement."""
 
     steps_started: float = 0.0
+    reached: bool = False
     trigger_at: float | None = None
     """Monotonic time of the trigger as the runner saw it (before the backdoor write)."""
     trigger_fault: Fault | None = None
@@ -279,6 +289,42 @@ class _Run:
     ended_at: float = 0.0
     """Monotonic time the tail ended, just before the controller's stop (and its safe
     shutdown, which must not be mistaken for the scenario's outcome)."""
+
+
+class Backdoor:
+    """The simulators' backdoor, connected before the steps: a fault is then one write on an
+    open connection, so that injecting it does not take the controller's event loop away
+    for a connection set-up at the very moment its reaction is measured (as
+    ``syncctl.cli.faults.inject``, which connects for each write, would)."""
+
+    def __init__(self, where: dict[str, Any], layout: BackdoorLayout | None = None) -> None:
+        self.where = where
+        self.layout = layout or load_backdoor_layout()
+        self.clients: dict[str, AsyncModbusTcpClient] = {}
+
+    async def open(self, timeout_s: float = 2.0) -> None:
+        for slot, place in self.where.items():
+            client = AsyncModbusTcpClient(place["host"], port=int(place["port"]),
+                                          timeout=timeout_s, retries=1)
+            self.clients[slot] = client
+            if not await client.connect():
+                raise ScenarioAborted(f"the backdoor of {slot} ({place['host']}:"
+                                      f"{place['port']}) does not answer")
+
+    async def write(self, fault: Fault) -> None:
+        client = self.clients.get(fault.slot)
+        if client is None:
+            raise ScenarioAborted(f"no backdoor for {fault.slot}")
+        reg = self.layout.register(fault.slot, fault.register)
+        words = encode(reg, fault.value, self.layout.word_order)
+        response = await client.write_registers(reg.address, words, device_id=self.layout.unit)
+        if response.isError():
+            raise ScenarioAborted(f"the backdoor refused {fault.slot}.{fault.register}="
+                                  f"{fault.value:g}: {response}")
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
 
 
 async def _wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
@@ -293,7 +339,7 @@ async def _wait_until(predicate: Callable[[], bool], timeout_s: float) -> bool:
 
 
 async def _do_step(step: Step, index: int, scenario: Scenario, run: _Run, observer: Observer,
-                   controller: Controller, backdoor: dict[str, Any], deadline: float) -> None:
+                   controller: Controller, backdoor: Backdoor, deadline: float) -> None:
     action = step.action
     is_trigger = index == scenario.trigger_index
     remaining = max(0.0, deadline - time.monotonic())
@@ -322,8 +368,7 @@ async def _do_step(step: Step, index: int, scenario: Scenario, run: _Run, observ
             str(step.backdoor))
         if is_trigger:
             run.trigger_at, run.trigger_fault = time.monotonic(), fault
-        where = backdoor[fault.slot]
-        await inject(load_backdoor_layout(), where["host"], int(where["port"]), fault)
+        await backdoor.write(fault)
     elif action == "clock_jump_s":
         assert step.clock_jump_s is not None
         if is_trigger:
@@ -424,6 +469,7 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
         trail = AuditTrail(audit_path, room=config.room.room.id)
         recorder: FractionRecorder | None = None
         observer = Observer()
+        backdoor = Backdoor(sim.ready["backdoor"])
         try:
             runtime = config.with_endpoints(sim.ready["beam_gate"], sim.ready["imaging"])
             devices, limits = runtime.room.devices, runtime.room.limits
@@ -454,8 +500,9 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
             stop = asyncio.Event()
             task = asyncio.create_task(controller.run(stop), name=f"scenario-{scenario.id}")
             try:
+                await backdoor.open()
                 await _drive_and_step(scenario, run, observer, driver, controller,
-                                      sim.ready["backdoor"], deadline, task)
+                                      backdoor, deadline, task)
                 await asyncio.sleep(TAIL_S)
             except ScenarioAborted as exc:
                 result.error = str(exc)
@@ -467,6 +514,7 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                 except Exception as exc:  # a controller failure fails the scenario
                     result.error = f"the controller failed: {exc!r}"
         finally:
+            backdoor.close()
             for client in (beam_gate, imaging):
                 if client is not None:
                     await client.close()
@@ -479,11 +527,12 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                 recorder.close()
             trail.close()
     result.timeline = observer.timeline
+    result.reached_initial_mode = run.reached
     _judge(scenario, result, run, observer, truth_rows, read_records(audit_path))
 
 
 async def _drive_and_step(scenario: Scenario, run: _Run, observer: Observer, driver: Driver,
-                          controller: Controller, backdoor: dict[str, Any], deadline: float,
+                          controller: Controller, backdoor: Backdoor, deadline: float,
                           task: asyncio.Task[bool]) -> None:
     def ready_or_stuck() -> bool:
         return driver.reached.is_set() or bool(driver.gave_up) or task.done()
@@ -498,6 +547,7 @@ async def _drive_and_step(scenario: Scenario, run: _Run, observer: Observer, dri
             f"{driver.gave_up or 'timed out'} (mode {observer.mode.name}; operator: "
             f"{'; '.join(driver.log[-5:])})")
     controller.listeners.remove(driver)
+    run.reached = True
     run.steps_started = time.monotonic()
     observer.in_steps = True
     observer.timeline.append(f"{run.steps_started - observer.started:7.3f} s  "
@@ -520,18 +570,25 @@ def _truth_series(rows: dict[str, list[dict[str, Any]]], device: str, key: str
                   if r.get("type") == "state" and key in r)
 
 
-def _first_after(series: Sequence[tuple[float, bool | None]], t0: float, value: bool
-                 ) -> tuple[float | None, bool | None]:
-    """(seconds from t0 to the first sample at or after t0 equal to value, the value at t0).
-    A value already equal at t0 gives 0."""
+def _settled_after(series: Sequence[tuple[float, bool | None]], t0: float, value: bool
+                   ) -> tuple[float | None, bool | None]:
+    """(seconds from t0 until the series took ``value`` for good, i.e. the last change to
+    ``value`` with no other value after it; the value at t0). None when it does not end on
+    ``value``; 0 when it held ``value`` from t0 on."""
     before = [v for t, v in series if t <= t0]
     at_t0 = before[-1] if before else None
-    if at_t0 is value:
-        return 0.0, at_t0
-    for t, v in series:
-        if t >= t0 and v is value:
-            return t - t0, at_t0
-    return None, at_t0
+    after = [(t, v) for t, v in series if t > t0]
+    if not (after or before) or (after[-1][1] if after else at_t0) is not value:
+        return None, at_t0
+    since = t0 if at_t0 is value else -1.0
+    for t, v in after:
+        if v is not value:
+            since = -1.0
+        elif since < 0:
+            since = t
+    if since < 0:  # unreachable: the series ends on value
+        return None, at_t0
+    return since - t0, at_t0
 
 
 def _fault_time(rows: dict[str, list[dict[str, Any]]], fault: Fault, after: float
@@ -563,7 +620,7 @@ def _reaction(name: str, deadline_ms: float, seconds: float | None, at_t0: bool 
               what_safe: str) -> Reaction:
     note = ""
     if seconds == 0.0:
-        note = f"already {what_safe} at the trigger"
+        note = f"already {what_safe} at the trigger, and from then on"
     measured = None if seconds is None else round(seconds * 1000, 1)
     return Reaction(name, measured, deadline_ms, note)
 
@@ -631,13 +688,15 @@ def _judge_gate(want: Any, result: ScenarioResult, run: _Run, observer: Observer
         checks.append(Check("gate", False, "no beam-gate ground truth"))
         return
     if want.closed_within_ms is not None and trigger is not None:
-        seconds, at_t0 = _first_after(gate, trigger, False)
+        seconds, at_t0 = _settled_after(gate, trigger, False)
         reaction = _reaction("gate closed (simulator)", want.closed_within_ms, seconds, at_t0,
                              "closed")
         result.reactions.append(reaction)
         checks.append(Check("gate closed (simulator)", reaction.ok, _reaction_text(reaction)))
     if want.readback_closed_within_ms is not None and trigger is not None:
-        seconds, at_t0 = _first_after(observer.readback, trigger, False)
+        # An unhealthy reading says nothing about the gate: only real readbacks count.
+        known = [(t, v) for t, v in observer.readback if v is not None]
+        seconds, at_t0 = _settled_after(known, trigger, False)
         reaction = _reaction("gate read back closed", want.readback_closed_within_ms, seconds,
                              at_t0, "read back closed")
         result.reactions.append(reaction)
@@ -659,24 +718,13 @@ def _judge_gate(want: Any, result: ScenarioResult, run: _Run, observer: Observer
         checks.append(Check("gate never opens (simulator)", not opened,
                             "never opened" if not opened else
                             f"opened {opened[0] - run.steps_started:.3f} s into the steps"))
-    if want.no_reopen and trigger is not None:
-        seconds, _ = _first_after(gate, trigger, False)
-        reopened: list[float] = []
-        if seconds is not None:
-            closed_at = trigger + seconds
-            reopened = [t for t, v in gate if t > closed_at and v]
-        checks.append(Check("gate does not reopen (simulator)", seconds is not None
-                            and not reopened,
-                            "never closed" if seconds is None else "stayed closed" if
-                            not reopened else
-                            f"REOPENED {reopened[0] - trigger:.3f} s after the trigger"))
 
 
 def _judge_xray(want: Any, result: ScenarioResult, observer: Observer,
                 exposing: list[tuple[float, bool]], trigger: float | None) -> None:
     checks = result.checks
     if want.stopped_within_ms is not None and trigger is not None:
-        seconds, at_t0 = _first_after(exposing, trigger, False)
+        seconds, at_t0 = _settled_after(exposing, trigger, False)
         reaction = _reaction("X-ray stopped (simulator)", want.stopped_within_ms, seconds,
                              at_t0, "stopped")
         result.reactions.append(reaction)

@@ -119,15 +119,15 @@ class Simulator(_Strict):
 
 class GateExpect(_Strict):
     closed_within_ms: Millis | None = None
-    """The simulator's gate (ground truth) is closed this soon after the trigger."""
+    """The simulator's gate (ground truth) is closed for good this soon after the trigger:
+    closed from then on to the end of the run (a gate that reopens and closes again is
+    measured to its last closing; one open at the end never closed)."""
     readback_closed_within_ms: Millis | None = None
-    """The controller reads the gate back closed this soon after the trigger."""
+    """The controller reads the gate back closed for good this soon after the trigger."""
     stays_open: bool = False
     """The gate cannot close (a stuck gate): the ground truth shows it open to the end."""
     never_opens: bool = False
     """The gate never opens, in the ground truth, once the steps start."""
-    no_reopen: bool = False
-    """Once closed after the trigger, the gate never opens again (ground truth)."""
     closed_at_end: bool = False
     """The simulator's gate is closed at the end of the run."""
 
@@ -146,7 +146,7 @@ class XrayExpect(_Strict):
     state: Literal["stopped", "exposing"] | None = None
     """At the end: the simulator exposing or not (and the controller's command agrees)."""
     stopped_within_ms: Millis | None = None
-    """The simulator stops exposing this soon after the trigger (ground truth)."""
+    """The simulator stops exposing for good this soon after the trigger (ground truth)."""
 
 
 class RuleSet(_Strict):
@@ -285,7 +285,7 @@ def _cross_checks(source: YamlSource, scenario: Scenario, file: Path,
                                                f"{value} is outside {low:g}..{high:g}"))
     expect = scenario.expect
     timed = [expect.gate and (expect.gate.closed_within_ms or
-                              expect.gate.readback_closed_within_ms or expect.gate.no_reopen),
+                              expect.gate.readback_closed_within_ms),
              expect.xray and expect.xray.stopped_within_ms]
     if any(timed) and scenario.trigger_index is None:
         issues.append(source.issue(("expect",), "a deadline needs a step to measure it from "

@@ -274,11 +274,28 @@ class Commissioning:
 
     # -- helpers ---------------------------------------------------------------------------
 
-    def need(self, result: StepResult, *slots: str) -> bool:
-        missing = [s for s in slots if not self.devices[s].connected]
-        for slot in missing:
-            result.fail(f"{self.devices[slot].kind} connected", "not connected: step not run")
-        return not missing
+    async def need(self, result: StepResult, *slots: str) -> bool:
+        """The devices a step needs: connected in the connect step, and healthy now (a link
+        that dropped since, e.g. after a timeout, is reconnected and its session verified
+        again first, as the controller would)."""
+        ok = True
+        for slot in slots:
+            device = self.devices[slot]
+            if not device.connected:
+                result.fail(f"{device.kind} connected", "not connected: step not run")
+                ok = False
+                continue
+            t0 = self.clock()
+            for _ in range(1000):
+                reading = await device.client.poll()
+                if reading.healthy or self.clock() - t0 >= CONNECT_WINDOW_S:
+                    break
+                await asyncio.sleep(0.05)
+            if not reading.healthy:
+                result.fail(f"{device.kind} healthy", f"not healthy within "
+                            f"{CONNECT_WINDOW_S:g} s: {device.client.last_error}")
+                ok = False
+        return ok
 
     async def read_signals(self, device: Device, names: tuple[str, ...]) -> dict[str, list[int]]:
         plan = device.client.signals.plan_reads(names)
@@ -431,8 +448,18 @@ class Commissioning:
             except RemoteError as exc:
                 result.notes.append(f"{device.kind}: settings not read before the session: {exc}")
             t1 = self.clock()
-            reading = await device.client.poll()
+            for _ in range(1000):  # a session that fails is retried (after the backoff)
+                reading = await device.client.poll()
+                if reading.healthy or self.clock() - t1 >= CONNECT_WINDOW_S:
+                    break
+                await asyncio.sleep(0.05)
             figures["session_ms"] = round((self.clock() - t1) * 1000, 3)
+            stats = device.link.stats
+            figures["session_failures"] = stats.get("session_failures", 0)
+            figures["link_failures"] = stats["failures"]
+            if stats["failures"]:
+                result.notes.append(f"{device.kind}: {stats['failures']} failed transaction(s) "
+                                    f"while connecting ({stats['timeouts']} timeout(s))")
             if reading.healthy:
                 device.connected = True
                 result.add(f"{device.kind} session verified", Status.PASSED,
@@ -446,7 +473,7 @@ class Commissioning:
 
     async def step_identity(self, result: StepResult) -> None:
         for slot, device in self.devices.items():
-            if not self.need(result, slot):
+            if not await self.need(result, slot):
                 continue
             words = await self.read_signals(device, ("identity", "firmware_version"))
             signals = device.client.signals
@@ -472,7 +499,7 @@ class Commissioning:
     async def step_registers(self, result: StepResult) -> None:
         rules = register_rules(self.config)
         for slot, device in self.devices.items():
-            if not self.need(result, slot):
+            if not await self.need(result, slot):
                 continue
             signals = device.client.signals
             regmap = self.config.beam_gate_map if slot == "beam_gate" else self.config.imaging_map
@@ -498,7 +525,7 @@ class Commissioning:
 
     async def step_settings(self, result: StepResult) -> None:
         for slot, device in self.devices.items():
-            if not self.need(result, slot):
+            if not await self.need(result, slot):
                 continue
             figures: dict[str, Any] = {}
             result.figures[slot] = figures
@@ -560,7 +587,7 @@ class Commissioning:
 
     async def _chain_step(self, result: StepResult, fault: Fault, bit: str,
                           act_text: str, undo_text: str, latch_name: str | None) -> None:
-        if not self.need(result, "beam_gate"):
+        if not await self.need(result, "beam_gate"):
             return
         if self.rehearsal is not None:
             result.notes.append("rehearsal: the person's actions were performed by the tool "
@@ -636,7 +663,7 @@ class Commissioning:
         result.figures["tolerance_ms"] = tolerance
         result.figures["rule"] = "pass within +-20 % of the timeout or +-30 ms, whichever larger"
         for slot, device in self.devices.items():
-            if not self.need(result, slot):
+            if not await self.need(result, slot):
                 continue
             figures: dict[str, Any] = {}
             result.figures[slot] = figures
@@ -708,7 +735,7 @@ class Commissioning:
                        None if after is None else after.fault_code, "fault code bit cleared")
 
     async def step_gate_latency(self, result: StepResult) -> None:
-        if not self.need(result, "beam_gate"):
+        if not await self.need(result, "beam_gate"):
             return
         if self.refuse(result, await self.gate_allowed()):
             return
@@ -750,7 +777,7 @@ class Commissioning:
         result.checks.append(latency_check("open command to readback", opens, limit_ms, why))
 
     async def step_imaging(self, result: StepResult) -> None:
-        if not self.need(result, "imaging"):
+        if not await self.need(result, "imaging"):
             return
         if self.refuse(result, await self.xray_allowed()):
             return

@@ -156,11 +156,11 @@ def run(root: Path, hazards: Path, report_dir: Path, ids: list[str], reviews: bo
     print(f"scenarios      {len(suite.results)} run, {passed} passed, "
           f"{len(suite.results) - passed + len(suite.load_failures)} failed "
           f"({suite.duration_s:.0f} s)")
-    slowest = suite.slowest()
-    if slowest is not None:
-        result, measured, deadline, what = slowest
-        print(f"slowest        {what} {measured:g} ms of {deadline:g} ms "
-              f"({result.scenario.id})")
+    for label, found in (("slowest", suite.slowest()), ("closest", suite.tightest())):
+        if found is not None:
+            result, measured, deadline, what = found
+            print(f"{label:<15}{what} {measured:g} ms of {deadline:g} ms "
+                  f"({result.scenario.id})")
     hashes = ", ".join(f"{h} ({', '.join(rooms)})" for h, rooms in suite.config_hashes.items())
     print(f"config hash    {hashes or '-'}")
     print(f"report         {', '.join(str(p) for p in paths)}")

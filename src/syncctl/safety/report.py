@@ -54,8 +54,14 @@ def slowest_text(result: ScenarioResult) -> str:
 # -- JSON -----------------------------------------------------------------------------------
 
 
+def _figure(found: tuple[ScenarioResult, float, float, str] | None) -> dict[str, Any] | None:
+    if found is None:
+        return None
+    return {"scenario": found[0].scenario.id, "what": found[3], "measured_ms": found[1],
+            "deadline_ms": found[2]}
+
+
 def to_json(suite: SuiteResult, out_dir: Path) -> dict[str, Any]:
-    slowest = suite.slowest()
     scenarios = []
     for result in suite.results:
         item = result.to_json()
@@ -90,9 +96,8 @@ def to_json(suite: SuiteResult, out_dir: Path) -> dict[str, Any]:
         "hazard_link_problems": suite.link_problems,
         "load_failures": [{"file": str(f.file), "issues": list(f.issues)}
                           for f in suite.load_failures],
-        "slowest_reaction": None if slowest is None else {
-            "scenario": slowest[0].scenario.id, "what": slowest[3],
-            "measured_ms": slowest[1], "deadline_ms": slowest[2]},
+        "slowest_reaction": _figure(suite.slowest()),
+        "tightest_reaction": _figure(suite.tightest()),
         "scenarios": scenarios,
     }
 
@@ -193,7 +198,6 @@ def _link(path: str | None, text: str) -> str:
 
 
 def to_html(suite: SuiteResult, out_dir: Path) -> str:
-    slowest = suite.slowest()
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         "<title>syncctl safety run</title>", f"<style>{_CSS}</style></head><body>",
@@ -211,9 +215,11 @@ def to_html(suite: SuiteResult, out_dir: Path) -> str:
     for digest, rooms in suite.config_hashes.items():
         parts.append(f"<tr><th>config hash</th><td><code>{_e(digest)}</code> "
                      f"({_e(', '.join(rooms))})</td></tr>")
-    if slowest is not None:
-        parts.append(f"<tr><th>slowest reaction</th><td>{slowest[1]:g} ms of {slowest[2]:g} ms"
-                     f" deadline: {_e(slowest[3])} in {_e(slowest[0].scenario.id)}</td></tr>")
+    for label, found in (("slowest reaction", suite.slowest()),
+                         ("closest to its deadline", suite.tightest())):
+        if found is not None:
+            parts.append(f"<tr><th>{label}</th><td>{found[1]:g} ms of {found[2]:g} ms "
+                         f"deadline: {_e(found[3])} in {_e(found[0].scenario.id)}</td></tr>")
     parts.append("</table>")
 
     problems = []

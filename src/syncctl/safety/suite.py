@@ -98,18 +98,17 @@ class SuiteResult:
                     rooms.append(r.scenario.room)
         return out
 
+    def _timed(self) -> list[tuple[ScenarioResult, float, float, str]]:
+        return [(result, r.measured_ms, r.deadline_ms, r.what) for result in self.results
+                for r in result.reactions if r.measured_ms is not None]
+
     def slowest(self) -> tuple[ScenarioResult, float, float, str] | None:
-        """(scenario, measured ms, deadline ms, what) of the reaction that used most of its
-        deadline, over every scenario."""
-        best: tuple[ScenarioResult, float, float, str] | None = None
-        for result in self.results:
-            for reaction in result.reactions:
-                if reaction.measured_ms is None:
-                    continue
-                if best is None or (reaction.measured_ms / reaction.deadline_ms
-                                    > best[1] / best[2]):
-                    best = (result, reaction.measured_ms, reaction.deadline_ms, reaction.what)
-        return best
+        """(scenario, measured ms, deadline ms, what) of the longest reaction time."""
+        return max(self._timed(), key=lambda t: t[1], default=None)
+
+    def tightest(self) -> tuple[ScenarioResult, float, float, str] | None:
+        """The reaction that used the largest share of its deadline."""
+        return max(self._timed(), key=lambda t: t[1] / t[2], default=None)
 
 
 def link_problems(hazards: Sequence[Hazard], scenarios: Sequence[Scenario]

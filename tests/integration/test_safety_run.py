@@ -18,7 +18,7 @@ from syncctl.core import RULES, Rule
 from syncctl.safety.hazards import load_hazard_log
 from syncctl.safety.report import write_reports
 from syncctl.safety.runner import ScenarioResult
-from syncctl.safety.scenarios import GateExpect, load_scenario, scenario_files
+from syncctl.safety.scenarios import GateExpect, Step, load_scenario, scenario_files
 from syncctl.safety.suite import SuiteResult, run_scenario_once_more_if_not_started, run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -160,3 +160,15 @@ def test_a_deadline_that_cannot_be_met_fails_as_too_slow(tmp_path: Path) -> None
     assert not result.passed
     failed = {c.name: c.detail for c in result.failures}
     assert failed["gate read back closed"].endswith("TOO SLOW")
+
+
+def test_a_step_that_times_out_leaves_the_scenario_not_carried_out(tmp_path: Path) -> None:
+    file = SCENARIOS / "operator-errors.yaml"
+    scenario = load_scenario(file).scenario
+    waiting = Step.model_validate({"wait_for_mode": "TREATING", "timeout_s": 0.5})
+    result = run_scenario_once_more_if_not_started(
+        scenario.model_copy(update={"steps": [*scenario.steps, waiting]}), file, tmp_path, ROOT)
+    assert result.reached_initial_mode
+    assert not result.passed
+    assert result.error == (f"step {len(scenario.steps) + 1}: mode TREATING not reached within "
+                            "0.5 s (mode SETUP)")

@@ -299,6 +299,12 @@ def _scenario_html(result: ScenarioResult) -> list[str]:
     out += [f"<tr><td>{_e(c.name)}</td><td>{_verdict(c.ok)}</td><td>{_e(c.detail)}</td></tr>"
             for c in result.checks]
     out.append("</table>")
+    if result.safe_state_confirmed is not None:
+        out.append("<p>At the end the controller's safe shutdown "
+                   + ("confirmed the gate closed and the X-ray stopped by readback."
+                      if result.safe_state_confirmed else
+                      "could NOT confirm the safe state by readback (expected with a stuck "
+                      "gate or a cut link).") + "</p>")
     if result.trips:
         out.append("<p>Trips: " + "; ".join(
             f"{', '.join(t['rule_ids'])} at {t['at_s']} s" for t in result.trips) + "</p>")

@@ -466,11 +466,13 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
     with (workdir / "simulators.log").open("w", encoding="utf-8") as sim_log:
         sim = start_simulators(config.path, _sim_args(scenario, workdir), stderr=sim_log)
         beam_gate = imaging = None
-        trail = AuditTrail(audit_path, room=config.room.room.id)
+        trail: AuditTrail | None = None
         recorder: FractionRecorder | None = None
+        backdoor: Backdoor | None = None
         observer = Observer()
-        backdoor = Backdoor(sim.ready["backdoor"])
         try:
+            trail = AuditTrail(audit_path, room=config.room.room.id)
+            backdoor = Backdoor(sim.ready["backdoor"])
             runtime = config.with_endpoints(sim.ready["beam_gate"], sim.ready["imaging"])
             devices, limits = runtime.room.devices, runtime.room.limits
 
@@ -512,9 +514,11 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                 try:
                     result.safe_state_confirmed = await asyncio.wait_for(task, 15)
                 except Exception as exc:  # a controller failure fails the scenario
-                    result.error = f"the controller failed: {exc!r}"
+                    result.error = f"the controller failed: {exc!r}" + (
+                        f" ({result.error})" if result.error else "")
         finally:
-            backdoor.close()
+            if backdoor is not None:
+                backdoor.close()
             for client in (beam_gate, imaging):
                 if client is not None:
                     await client.close()
@@ -525,7 +529,8 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                     for row in rows:
                         recorder.add({"type": "truth", "device": device, "row": row})
                 recorder.close()
-            trail.close()
+            if trail is not None:
+                trail.close()
     result.timeline = observer.timeline
     result.reached_initial_mode = run.reached
     _judge(scenario, result, run, observer, truth_rows, read_records(audit_path))
@@ -538,8 +543,7 @@ async def _drive_and_step(scenario: Scenario, run: _Run, observer: Observer, dri
         return driver.reached.is_set() or bool(driver.gave_up) or task.done()
 
     await _wait_until(ready_or_stuck, max(0.0, deadline - time.monotonic()))
-    if task.done():
-        task.result()  # an exception of the controller surfaces here
+    if task.done():  # its exception, if any, is reported when the run task is awaited
         raise ScenarioAborted("the controller stopped before the steps")
     if not driver.reached.is_set():
         raise ScenarioAborted(

@@ -37,6 +37,7 @@ from syncctl.bus import (
     MqttSettings,
     RoomState,
     Status,
+    Telemetry,
     Topics,
     load_users,
 )
@@ -139,8 +140,11 @@ class Broker:
         assert self.process is None or self.process.poll() is not None
 
     def settings(self, user: str, **more: object) -> MqttSettings:
-        return MqttSettings(port=self.port, username=user, password=PASSWORDS.get(user),
-                            reconnect_max_s=0.5, timeout_s=3.0, **more)  # type: ignore[arg-type]
+        values: dict[str, object] = {"port": self.port, "username": user,
+                                     "password": PASSWORDS.get(user), "reconnect_max_s": 0.5,
+                                     "timeout_s": 3.0}
+        values.update(more)
+        return MqttSettings(**values)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -490,3 +494,112 @@ async def test_the_last_will_marks_the_controller_offline(broker: Broker) -> Non
                 probe.wait(STOP_TIMEOUT_S)
             if probe.stdout is not None:
                 probe.stdout.close()
+
+
+# --- the outbox: a link that fails under one client only --------------------------------------
+
+
+class Link:
+    """A TCP forwarder between one client and the broker that the test can cut and restore
+    (the broker and every other client stay up)."""
+
+    def __init__(self, broker_port: int) -> None:
+        self.broker_port = broker_port
+        self.port = free_port()
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.pipes: set[asyncio.Task[object]] = set()
+
+    async def restore(self) -> None:
+        self.server = await asyncio.start_server(self._pipe, "127.0.0.1", self.port,
+                                                 reuse_address=True)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for writer in self.writers:
+            writer.close()
+        self.writers.clear()
+        if self.pipes:
+            await asyncio.wait(self.pipes, timeout=5)
+        await self.server.wait_closed()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.pipes.add(task)
+        task.add_done_callback(self.pipes.discard)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.broker_port)
+        self.writers += [writer, up_writer]
+
+        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, OSError):
+                for _ in range(10**7):  # bounded; ends with the connection
+                    data = await src.read(65536)
+                    if not data:
+                        break
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+
+        await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+@pytest.mark.asyncio
+async def test_the_outbox_resends_what_the_broker_missed(broker: Broker) -> None:
+    link = Link(broker.port)
+    await link.restore()
+    publisher = MqttBus(TOPICS, broker.settings(CONTROLLER, port=link.port,
+                                                client_id=CONTROLLER, reconnect_max_s=0.2),
+                        will=Status(room=ROOM_ID, controller="offline"))
+    await publisher.start()
+    try:
+        async with client_of(broker, "viewer1") as viewer:
+            assert await publisher.wait_connected(10)
+
+            def event(seq: int) -> EventMessage:
+                return EventMessage(room=ROOM_ID, stream="outbox-test", seq=seq, utc="u",
+                                    kind="trip", rule_ids=[], message=f"event {seq}",
+                                    operator=None, mode="FAULT")
+
+            publisher.publish(event(1))
+            deadline = time.monotonic() + 10
+            while len(viewer.events) < 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            await link.cut()
+            assert await publisher.wait_disconnected(10)
+            # The last will went out: the broker saw the controller vanish.
+            while viewer.status is None or viewer.status.controller != "offline":
+                assert time.monotonic() < deadline, "no last will"
+                await asyncio.sleep(0.01)
+            for seq in range(2, 7):
+                assert publisher.publish(event(seq))  # taken: kept in the outbox
+            telemetry = [publisher.publish(sample(t)) for t in (1.0, 2.0, 3.0)]
+            assert telemetry == [False, False, False]  # dropped while down, and counted
+            assert publisher.outbox_size_now == 5 and publisher.stats.telemetry_dropped == 3
+            assert len(viewer.events) == 1
+            await link.restore()
+            assert await publisher.wait_connected(10)
+            while len(viewer.events) < 6 or publisher.outbox_size_now:
+                assert time.monotonic() < deadline, [e.seq for e in viewer.events]
+                await asyncio.sleep(0.01)
+            assert [e.seq for e in viewer.events] == [1, 2, 3, 4, 5, 6]  # in order, no gap
+            assert publisher.stats.events_resent == 5
+            assert publisher.stats.events_acknowledged == 6
+            assert publisher.publish(sample(4.0))
+            while viewer.telemetry is None:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.01)
+            assert (viewer.telemetry.t_s, viewer.telemetry.dropped) == (4.0, 3)
+    finally:
+        await publisher.close()
+        with contextlib.suppress(AssertionError):
+            await link.cut()
+
+
+def sample(t: float) -> Telemetry:
+    return Telemetry(room=ROOM_ID, t_s=t, utc="u", target_mm=None, tracking_confidence=None,
+                     window_centre_mm=None, window_shape="box", window_size_mm=[5.0, 5.0, 5.0],
+                     inside=False, gate_command="close", gate_readback_open=None,
+                     spill_active=None, delivered_dose_mu=None, frame_age_ms=None)

@@ -334,7 +334,6 @@ async def test_a_physicist_shelves_an_interruption_never_a_termination(room: Roo
     await room.until(lambda: client.alarms is not None and not client.alarms.shelved, 5)
     kinds = [e.kind for e in room.of(EventMessage) if isinstance(e, EventMessage)]
     assert "alarm_shelved" in kinds and "shelf_expired" in kinds
-    assert (await client.send("abort")).result == "accepted"
     room.trail.close()
     records = read_records(room.audit_path)
     shelved = [r for r in records if r["kind"] == "alarm_shelved"]

@@ -53,11 +53,16 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-class Message(BaseModel):
-    """Base of every payload: strict, frozen, no unknown keys, no NaN/infinity."""
+class Part(BaseModel):
+    """Strict, frozen, no unknown keys, no NaN/infinity: every payload and its parts."""
 
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False,
                               populate_by_name=True)
+
+
+class Message(Part):
+    """Base of every payload (a part of one carries no ``schema`` of its own)."""
+
     schema_version: Literal[1] = Field(default=1, alias="schema")
 
 
@@ -141,13 +146,13 @@ class Ack(Message):
     utc: str
 
 
-class RuleText(Message):
+class RuleText(Part):
     rule_id: str
     text: str
     """Plain language, from ``syncctl.core.RULES``."""
 
 
-class PermitState(Message):
+class PermitState(Part):
     granted: bool
     denied_by: list[RuleText]
 
@@ -171,7 +176,7 @@ class RoomState(Message):
     controller_online: bool
 
 
-class InterlockRow(Message):
+class InterlockRow(Part):
     rule_id: str
     name: str
     text: str
@@ -190,7 +195,7 @@ class InterlockTable(Message):
     rules: list[InterlockRow]
 
 
-class Shelf(Message):
+class Shelf(Part):
     rule_id: str
     by: str
     reason: str
@@ -198,7 +203,7 @@ class Shelf(Message):
     until_utc: str
 
 
-class AlarmEntry(Message):
+class AlarmEntry(Part):
     rule_id: str
     rule_class: Literal["interruption", "termination"]
     text: str

@@ -140,7 +140,7 @@ def test_a_rehearsal_passes_end_to_end(tmp_path: Path) -> None:
     assert latency["close_ms"]["max"] <= 60
     imaging = steps["imaging"]["figures"]
     assert abs(imaging["frame_rate_device_fps"] - 30) <= 0.6
-    assert imaging["missed_frames"] == 0
+    assert imaging["missed_in_a_row"] <= 1
     html = next((tmp_path / "report").glob("*.html")).read_text(encoding="utf-8")
     assert "A. Tester" in html and "gate_latency" in html and "REHEARSAL" in html
 

@@ -215,7 +215,7 @@ def frames(n: int, *, fps: float = 30.0, poll_ms: float = 4.0, start_counter: in
 def test_frames_at_the_configured_rate_pass() -> None:
     figures, checks = analyse_frames(frames(90), 30, 50, 4, 70)
     assert {c.name: c.status for c in checks} == {
-        "frame rate (device clock)": Status.PASSED, "missed frames": Status.PASSED,
+        "frame rate (device clock)": Status.PASSED, "frames missed by the reads": Status.PASSED,
         "frame age at first read (max)": Status.PASSED, "mAs per frame": Status.PASSED}
     assert figures["missed_frames"] == 0
     assert figures["frame_rate_device_fps"] == pytest.approx(30, abs=0.5)
@@ -234,18 +234,26 @@ def test_late_frames_and_slow_rates_fail() -> None:
     assert {c.name: c.status for c in checks}["frame age at first read (max)"] is Status.FAILED
     _, checks = analyse_frames(frames(90, fps=25), 30, 50, 4, 70)
     assert {c.name: c.status for c in checks}["frame rate (device clock)"] is Status.FAILED
-    figures, checks = analyse_frames(frames(30, poll_ms=50), 30, 50, 4, 70)  # reads too slow
-    assert figures["missed_frames"] > 0
-    assert {c.name: c.status for c in checks}["missed frames"] is Status.FAILED
+    figures, checks = analyse_frames(frames(30, poll_ms=50), 30, 50, 4, 70)  # one in a row
+    assert figures["missed_frames"] > 0 and figures["missed_in_a_row"] == 1
+    assert {c.name: c.status for c in checks}["frames missed by the reads"] is Status.PASSED
+    figures, checks = analyse_frames(frames(30, poll_ms=80), 30, 50, 4, 70)  # two in a row
+    assert figures["missed_in_a_row"] == 2
+    assert {c.name: c.status for c in checks}["frames missed by the reads"] is Status.FAILED
 
 
-def test_a_frame_missed_by_the_reads_is_counted() -> None:
+def test_frames_missed_by_the_reads_are_counted() -> None:
     samples = [FrameSample(0.00, 1, 0, 0, 0.0), FrameSample(0.033, 2, 33, 34, 0.2),
                FrameSample(0.066, 3, 66, 67, 0.4), FrameSample(0.133, 5, 133, 134, 0.8),
-               FrameSample(0.166, 6, 166, 167, 1.0)]
+               FrameSample(0.166, 6, 166, 167, 1.0), FrameSample(0.266, 9, 266, 267, 1.6),
+               FrameSample(0.300, 10, 300, 300, 1.8)]
     figures, checks = analyse_frames(samples, 30, 50, 4, 70)
-    assert figures["missed_frames"] == 1
-    assert {c.name: c.status for c in checks}["missed frames"] is Status.FAILED
+    assert (figures["missed_frames"], figures["missed_in_a_row"]) == (3, 2)
+    assert figures["read_gap_max_ms"] == 100.0
+    assert {c.name: c.status for c in checks}["frames missed by the reads"] is Status.FAILED
+    # At 70 ms one frame may be missed (two periods, 66.7 ms); at 100 ms two.
+    _, checks = analyse_frames(samples, 30, 50, 4, 100)
+    assert {c.name: c.status for c in checks}["frames missed by the reads"] is Status.PASSED
 
 
 def test_a_frozen_counter_fails() -> None:

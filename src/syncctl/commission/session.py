@@ -152,7 +152,8 @@ class Heartbeat:
         self.enabled = True
 
     async def stop(self) -> None:
-        self.enabled = False
+        # Wait for a write in flight first: cancelling one mid-transaction drops the link.
+        await self.pause()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -261,6 +262,9 @@ class Commissioning:
             await device.heartbeat.stop()
         if self.rehearsal is not None:
             await self.rehearsal.clear_all()
+        for device in self.devices.values():
+            if device.connected and not device.client.ready:
+                await self.healthy(device)  # reconnect a dropped link for the safe writes
         if self.devices["beam_gate"].connected:
             await self.bgc.write_gate(GateCommand.CLOSE)
             await self.restore_preset()
@@ -285,17 +289,24 @@ class Commissioning:
                 result.fail(f"{device.kind} connected", "not connected: step not run")
                 ok = False
                 continue
-            t0 = self.clock()
-            for _ in range(1000):
-                reading = await device.client.poll()
-                if reading.healthy or self.clock() - t0 >= CONNECT_WINDOW_S:
-                    break
-                await asyncio.sleep(0.05)
-            if not reading.healthy:
+            if not await self.healthy(device):
                 result.fail(f"{device.kind} healthy", f"not healthy within "
                             f"{CONNECT_WINDOW_S:g} s: {device.client.last_error}")
                 ok = False
         return ok
+
+    async def healthy(self, device: Device) -> bool:
+        """Poll until the reading is healthy (reconnecting and verifying a new session when
+        the link dropped), for at most CONNECT_WINDOW_S."""
+        t0 = self.clock()
+        for _ in range(1000):
+            reading = await device.client.poll()
+            if reading.healthy:
+                return True
+            if self.clock() - t0 >= CONNECT_WINDOW_S:
+                return False
+            await asyncio.sleep(0.05)
+        return False
 
     async def read_signals(self, device: Device, names: tuple[str, ...]) -> dict[str, list[int]]:
         plan = device.client.signals.plan_reads(names)
@@ -864,7 +875,8 @@ def headline(result: StepResult) -> list[str]:
         lines = [f"open  ms: {_pct(f['open_ms'])}", f"close ms: {_pct(f['close_ms'])}"]
     elif result.step == "imaging" and "frame_age_ms" in f:
         lines = [f"{f['frame_rate_device_fps']:g} fps (device clock), {f['missed_frames']} "
-                 f"missed, frame age ms: {_pct(f['frame_age_ms'])}",
+                 f"missed by the reads ({f['missed_in_a_row']} in a row), frame age ms: "
+                 f"{_pct(f['frame_age_ms'])}",
                  f"frame interval ms: {_pct(f['frame_interval_ms'])}; stop "
                  f"{f.get('stop_ms')} ms"]
     return lines

@@ -305,9 +305,13 @@ def _scenario_html(result: ScenarioResult) -> list[str]:
                       if result.safe_state_confirmed else
                       "could NOT confirm the safe state by readback (expected with a stuck "
                       "gate or a cut link).") + "</p>")
-    if result.trips:
-        out.append("<p>Trips: " + "; ".join(
-            f"{', '.join(t['rule_ids'])} at {t['at_s']} s" for t in result.trips) + "</p>")
+    for label, during in (("Trips", True), ("Trips during set-up (acknowledged and reset by "
+                                            "the runner, not counted)", False)):
+        trips = [t for t in result.trips if t["during_steps"] is during]
+        if trips:
+            out.append(f"<p>{label}: " + "; ".join(
+                f"{', '.join(t['rule_ids'])}" + (f" at {t['at_s']} s" if during else "")
+                for t in trips) + "</p>")
     if not result.passed and result.timeline:
         out.append("<p>What the controller reported (changes only):</p>"
                    f"<pre>{_e(chr(10).join(result.timeline[-60:]))}</pre>")

@@ -60,6 +60,8 @@ TAIL_S = 0.3
 truth records the final state."""
 RETRY_S = 0.1
 MAX_DRIVE_COMMANDS = 60
+MAX_SETUP_FAULTS = 2
+"""Trips during set-up the runner acknowledges and resets before it gives up."""
 SETUP_SETTLE_S = 0.3
 """Imaging time in SETUP before the runner arms (tracking settles, as positioning would)."""
 POLL_S = 0.005
@@ -167,7 +169,8 @@ class Observer:
     started: float = field(default_factory=time.monotonic)
     mode: Mode = Mode.OFFLINE
     in_steps: bool = False
-    trips: list[tuple[float, tuple[str, ...]]] = field(default_factory=list)
+    trips: list[tuple[float, tuple[str, ...], bool]] = field(default_factory=list)
+    """(time, rule ids, during the steps) of every trip."""
     results: list[tuple[float, CommandResult, bool]] = field(default_factory=list)
     readback: list[tuple[float, bool | None]] = field(default_factory=list)
     """(time, gate read back open; None when the reading is not healthy), at each change."""
@@ -194,7 +197,7 @@ class Observer:
         trips: list[str] = []
         for event in report.outputs.events:
             if event.kind is EventKind.TRIP:
-                self.trips.append((now, event.rule_ids))
+                self.trips.append((now, event.rule_ids, self.in_steps))
                 trips += event.rule_ids
         result = report.outputs.command_result
         if result is not None:
@@ -229,8 +232,11 @@ class Driver:
     sent: int = 0
     gave_up: str = ""
     log: list[str] = field(default_factory=list)
+    setup_faults: int = 0
     _last_sent: float = -1e9
     _imaging_since: float | None = None
+    _fault_since: float | None = None
+    _last_kind: CommandKind | None = None
 
     def _send(self, kind: CommandKind, now: float, plan_id: str | None = None) -> None:
         if now - self._last_sent < RETRY_S:
@@ -240,6 +246,7 @@ class Driver:
             return
         self.sent += 1
         self._last_sent = now
+        self._last_kind = kind
         self.controller.submit(Command(kind, OPERATOR, plan_id))
 
     def __call__(self, report: ControllerReport) -> None:
@@ -269,8 +276,26 @@ class Driver:
                     self._send(CommandKind.ARM, now)
         elif mode is Mode.READY:
             self._send(CommandKind.BEAM_ON, now)
+        elif mode is Mode.FAULT:
+            # A trip during set-up (the room is not what the scenario tests yet): as an
+            # operator would, acknowledge, reset and start again, a bounded number of times.
+            if self._fault_since is None:
+                self._fault_since = now
+                self.setup_faults += 1
+                self._imaging_since = None
+                self.log.append(f"set-up trip {self.setup_faults}: "
+                                f"{', '.join(state.latched) or 'cleared'}")
+            if self.setup_faults > MAX_SETUP_FAULTS:
+                self.gave_up = (f"the room tripped {self.setup_faults} times on the way to "
+                                f"{self.goal.name}")
+            else:  # acknowledge, then reset, and again while a cause is still present
+                kind = (CommandKind.RESET if self._last_kind is CommandKind.ACKNOWLEDGE
+                        else CommandKind.ACKNOWLEDGE)
+                self._send(kind, now)
         elif mode is not Mode.OFFLINE:
             self.gave_up = f"the room went to {mode.name} on the way to {self.goal.name}"
+        if mode is not Mode.FAULT:
+            self._fault_since = None
 
 
 # -- running ----------------------------------------------------------------------------------
@@ -635,7 +660,8 @@ def _judge(scenario: Scenario, result: ScenarioResult, run: _Run, observer: Obse
     checks = result.checks
     result.final_mode = observer.mode.name
     result.trips = [{"at_s": round(t - run.steps_started, 3) if run.steps_started else None,
-                     "rule_ids": list(ids)} for t, ids in observer.trips]
+                     "rule_ids": list(ids), "during_steps": in_steps}
+                    for t, ids, in_steps in observer.trips]
     result.refusals = [{"command": r.command.kind.value, "reason": r.reason}
                        for _, r, in_steps in observer.results if in_steps and not r.accepted]
     if result.error is not None:
@@ -663,7 +689,7 @@ def _judge(scenario: Scenario, result: ScenarioResult, run: _Run, observer: Obse
     if expect.xray is not None:
         _judge_xray(expect.xray, result, observer, exposing, trigger)
     if expect.trips is not None:
-        got = {rid for _, ids in observer.trips for rid in ids}
+        got = {rid for _, ids, in_steps in observer.trips if in_steps for rid in ids}
         checks.append(_rule_check("trips", expect.trips, got))
     if expect.beam_denied_by is not None:
         denied = set(observer.last.outputs.beam_permit.denied_by) if observer.last else set()

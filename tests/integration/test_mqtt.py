@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import os
 import shutil
@@ -77,7 +78,7 @@ def free_port() -> int:
 class Broker:
     """A mosquitto process of our own: start, wait until it accepts MQTT, kill, restart."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, extra: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.log = workdir / "mosquitto.log"
@@ -97,6 +98,7 @@ class Broker:
             f"acl_file {ACL}",
             "persistence false",
             f"listener {self.port} 127.0.0.1",
+            *extra,
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # else mosquitto drops to "mosquitto", who cannot read tmp
@@ -603,3 +605,59 @@ def sample(t: float) -> Telemetry:
                      window_centre_mm=None, window_shape="box", window_size_mm=[5.0, 5.0, 5.0],
                      inside=False, gate_command="close", gate_readback_open=None,
                      spill_active=None, delivered_dose_mu=None, frame_age_ms=None)
+
+
+# --- TLS, as configs/mosquitto/README.md says to set it up -----------------------------------
+
+OPENSSL = shutil.which("openssl")
+
+
+def make_certificates(where: Path) -> tuple[Path, Path, Path]:
+    """A private CA and a broker certificate for 127.0.0.1, as the README's openssl steps."""
+    def run(*args: str) -> None:
+        subprocess.run([str(OPENSSL), *args], check=True, capture_output=True, timeout=120,
+                       cwd=where)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        "/CN=syncctl test CA", "-keyout", "ca.key", "-out", "ca.crt")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout",
+        "broker.key", "-out", "broker.csr")
+    (where / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "broker.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "broker.crt")
+    return where / "ca.crt", where / "broker.crt", where / "broker.key"
+
+
+@pytest.mark.skipif(OPENSSL is None, reason="openssl is not installed")
+# paho-mqtt leaves the socket of a failed TLS handshake to the garbage collector, which warns;
+# the test collects it here (gc.collect) so that the warning cannot land in another test.
+@pytest.mark.filterwarnings(
+    "ignore:Exception ignored in. <ssl.SSLSocket:pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.filterwarnings("ignore:unclosed <ssl.SSLSocket:ResourceWarning")
+@pytest.mark.asyncio
+async def test_tls_listener_with_a_private_ca(tmp_path: Path) -> None:
+    ca, cert, key = make_certificates(tmp_path)
+    tls_port = free_port()
+    broker = Broker(tmp_path, (f"listener {tls_port} 127.0.0.1", f"cafile {ca}",
+                               f"certfile {cert}", f"keyfile {key}", "tls_version tlsv1.2"))
+    await asyncio.to_thread(broker.start)
+    try:
+        good = MqttBus(TOPICS, broker.settings("viewer1", port=tls_port, tls=True,
+                                               ca_file=str(ca)))
+        await good.start()
+        try:
+            assert await good.wait_connected(10), good.stats.last_error
+        finally:
+            await good.close()
+        # Without our CA the broker's certificate is not trusted: no connection.
+        untrusted = MqttBus(TOPICS, broker.settings("viewer1", port=tls_port, tls=True,
+                                                    reconnect_max_s=0.1))
+        await untrusted.start()
+        try:
+            assert not await untrusted.wait_connected(1.5)
+            assert "CERTIFICATE_VERIFY_FAILED" in untrusted.stats.last_error
+        finally:
+            await untrusted.close()
+            gc.collect()
+    finally:
+        broker.stop()

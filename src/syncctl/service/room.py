@@ -650,7 +650,7 @@ class RoomService:
         sent = self.bus.publish(Telemetry(
             room=self.settings.room_id, t_s=round(report.now, 4), utc=utc_now(),
             target_mm=None if im is None else (im.target.x_mm, im.target.y_mm, im.target.z_mm),
-            tracking_confidence=None if im is None else im.tracking_confidence,
+            tracking_confidence=None if im is None else round(im.tracking_confidence, 4),
             window_centre_mm=centre, window_shape=shape, window_size_mm=size,
             inside=state.gating.target_confirmed,
             gate_command=out.gate.value,

@@ -661,3 +661,58 @@ async def test_tls_listener_with_a_private_ca(tmp_path: Path) -> None:
             gc.collect()
     finally:
         broker.stop()
+
+
+# --- syncctl run on the bus its config names ----------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_syncctl_run_serves_the_room_over_mqtt(sim: Sim, broker: Broker,
+                                                     tmp_path: Path) -> None:
+    config = room_file(tmp_path, broker)
+    text = config.read_text()
+    room = load_room(ROOM).room
+    text = text.replace("port: 15020", f"port: {sim.ready['beam_gate']['port']}")
+    text = text.replace(room.devices.imaging.transport.port,  # type: ignore[union-attr]
+                        sim.ready["imaging"]["port"])
+    config.write_text(text)
+    audit_path = tmp_path / "run-audit.sqlite"
+    async with client_of(broker, "operator1") as op:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "syncctl", "run", "--config", str(config), "--no-record",
+             "--audit", str(audit_path), "--operator", "desk", "--role", "viewer"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True, cwd=tmp_path, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        try:
+            deadline = time.monotonic() + 30
+            while op.state is None or op.state.mode != "SAFE":
+                assert run.poll() is None, run.communicate()[0]
+                assert time.monotonic() < deadline, "the room never showed SAFE on the bus"
+                await asyncio.sleep(0.02)
+            assert op.status is not None and op.status.controller == "online"
+            # stdin as a viewer: refused by role, and said so
+            assert run.stdin is not None
+            run.stdin.write("select lung-01\n")
+            run.stdin.flush()
+            await op.login("operator1", "operator", PINS["operator1"])
+            ack = await op.send("select_plan", plan_id="lung-01")
+            assert ack.result == "accepted" and ack.mode == "SETUP"
+            run.send_signal(signal.SIGTERM)
+            out, _ = await asyncio.to_thread(finish, run, 30)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.communicate(timeout=STOP_TIMEOUT_S)
+        assert run.returncode == 0, out
+        assert "select_plan: unauthorised: role 'viewer' may not select_plan" in out
+        assert "SAFE -> SETUP (select_plan)" in out and "Traceback" not in out
+        # a clean stop says offline (not the will: the service says it itself)
+        while op.status.controller != "offline":
+            assert time.monotonic() < deadline + 10, "no offline status"
+            await asyncio.sleep(0.02)
+    assert verify(audit_path).ok
+    commands = [r for r in read_records(audit_path) if r["kind"] == "command"]
+    assert any(r["actor"] == "desk" and '"result":"unauthorised"' in str(r["payload"])
+               for r in commands)
+    assert any(r["actor"] == "operator1" and '"result":"accepted"' in str(r["payload"])
+               and '"select_plan"' in str(r["payload"]) for r in commands)

@@ -365,3 +365,19 @@ async def test_the_listener_only_enqueues(room: Room) -> None:
     # Far fewer reports queued than cycles run: unchanged cycles cost a comparison only.
     assert stats.reports_queued < room.controller.stats.cycles / 10
     assert stats.listener_max_s < 0.005
+
+
+@pytest.mark.asyncio
+async def test_repeated_wrong_pins_lock_the_operator_out(room: Room) -> None:
+    from syncctl.service.room import MAX_FAILED_LOGINS
+
+    for _ in range(MAX_FAILED_LOGINS):
+        with pytest.raises(LoginRefused, match="wrong PIN"):
+            await room.client.login("olga", "operator", "0000")
+    with pytest.raises(LoginRefused, match="failed logins"):
+        await room.client.login("olga", "operator", PINS["olga"])  # even the right PIN
+    await room.client.login("phil", "physicist", PINS["phil"])  # others are not affected
+    room.trail.close()
+    refused = [c for c in audit_commands(room.audit_path) if c.get("command") == "login"
+               and c["result"] == "unauthorised"]
+    assert len(refused) == MAX_FAILED_LOGINS + 1

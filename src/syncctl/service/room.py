@@ -86,6 +86,10 @@ EngineeringHandler = Callable[[CommandEnvelope], Awaitable[tuple[bool, str]]]
 """Performs an authorised engineering command; returns (accepted, reason)."""
 
 LOCAL_SESSION = "local-console-session"
+MAX_FAILED_LOGINS = 5
+LOCKOUT_S = 60.0
+"""After MAX_FAILED_LOGINS failed logins of one operator id within LOCKOUT_S, further logins
+of that id are refused without checking the PIN until the oldest failure is LOCKOUT_S old."""
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class RoomService:
         self._reports: asyncio.Queue[tuple[ControllerReport, bool]] = asyncio.Queue(
             maxsize=settings.report_queue_size)
         self._pending: list[_Pending] = []
+        self._failed_logins: dict[str, deque[float]] = {}
         self._commands: Subscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -456,9 +461,20 @@ class RoomService:
             if local:
                 answer("invalid", "a local console does not log in")
                 return
+            if len(self._failed_logins) > 1024 and env.operator not in self._failed_logins:
+                del self._failed_logins[next(iter(self._failed_logins))]  # bounded memory
+            failures = self._failed_logins.setdefault(env.operator,
+                                                      deque(maxlen=MAX_FAILED_LOGINS))
+            now = self.clock()
+            if len(failures) == MAX_FAILED_LOGINS and now - failures[0] < LOCKOUT_S:
+                answer("unauthorised", f"{MAX_FAILED_LOGINS} failed logins within "
+                       f"{LOCKOUT_S:g} s: try again later")
+                return
             # scrypt takes tens of milliseconds: off the event loop, never in the cycle's way
             why = await asyncio.to_thread(self.users.authenticate, env.operator, env.role,
                                           env.pin or "")
+            if why:
+                failures.append(now)
             why = why or self.sessions.login(env)
             if why:
                 answer("unauthorised", why)

@@ -29,7 +29,7 @@ if [ ${#debs[@]} -gt 0 ]; then
 fi
 
 echo "== ruff"
-ruff check src tests firmware_sim
+ruff check src tests firmware_sim bench
 echo "== mypy"
 mypy
 echo "== generated docs are fresh"

@@ -20,6 +20,9 @@ from syncctl.safety.runner import ScenarioResult
 from syncctl.safety.suite import SuiteResult
 
 REPORT_FILES = ("report.html", "junit.xml", "report.json")
+STARVED_MS = 50.0
+"""A gap between two control cycles this long (the room's imaging transaction timeout is
+60 ms) is worth pointing out next to a failure."""
 
 
 def _rel(path: Path | None, base: Path) -> str | None:
@@ -41,6 +44,10 @@ def failure_text(result: ScenarioResult) -> str:
     lines += [f"{c.name}: {c.detail}" for c in result.failures]
     if not result.checks and result.error is None:
         lines.append("no outcome was checked")
+    gap = result.max_cycle_gap_ms
+    if gap is not None and gap >= STARVED_MS and not result.scenario.steps_hang:
+        lines.append(f"note: the controller ran no cycle for {gap:g} ms at one point (the "
+                     "machine may be overloaded: see docs/qa.md)")
     return "\n".join(lines)
 
 
@@ -282,7 +289,8 @@ def _scenario_html(result: ScenarioResult) -> list[str]:
     out = [f'<h3 id="{_e(s.id)}">{_e(s.id)}: {_e(s.title)} {_verdict(result.passed)}</h3>',
            f"<p>Hazards {_e(', '.join(s.hazards))}; room <code>{_e(s.room)}</code> (hash "
            f"<code>{_e(result.config_hash or '-')}</code>), plan {_e(s.plan)}, seed {s.seed}, "
-           f"from {_e(s.initial_mode)}; ended in {_e(result.final_mode or '-')}.</p>"]
+           f"from {_e(s.initial_mode)}; ended in {_e(result.final_mode or '-')}; longest gap "
+           f"between two control cycles {_e(result.max_cycle_gap_ms)} ms.</p>"]
     if s.description:
         out.append(f"<p>{_e(s.description)}</p>")
     if not result.passed:

@@ -117,6 +117,8 @@ class ScenarioResult:
     """The scenario could not be carried out (simulators did not start, a step timed out)."""
     reached_initial_mode: bool = False
     """The room got to the scenario's initial mode and the steps started."""
+    max_cycle_gap_ms: float | None = None
+    """The longest time between two control cycles of the run (a starved or hung process)."""
     earlier_attempts: list[str] = field(default_factory=list)
     """Why earlier attempts were not carried out (see ``syncctl.safety.suite``: an attempt
     that never reached the initial mode is repeated once)."""
@@ -148,6 +150,7 @@ class ScenarioResult:
             "safe_state_confirmed": self.safe_state_confirmed,
             "rules_removed": self.rules_removed,
             "reached_initial_mode": self.reached_initial_mode,
+            "max_cycle_gap_ms": self.max_cycle_gap_ms,
             "earlier_attempts": self.earlier_attempts,
             "audit_file": None if self.audit_file is None else str(self.audit_file),
             "recording_file": None if self.recording_file is None else str(self.recording_file),
@@ -179,13 +182,20 @@ class Observer:
     timeline: list[str] = field(default_factory=list)
     slow_remaining: int = 0
     slow_each_s: float = 0.0
+    max_gap_s: float = 0.0
+    """The longest time between two control cycles, hangs and slowed cycles included: a
+    starved process shows here."""
     _key: tuple[Any, ...] | None = None
+    _previous: float | None = None
 
     def readback_open(self) -> bool | None:
         return self.readback[-1][1] if self.readback else None
 
     def __call__(self, report: ControllerReport) -> None:
         now = time.monotonic()
+        if self._previous is not None:
+            self.max_gap_s = max(self.max_gap_s, now - self._previous)
+        self._previous = now
         self.last = report
         self.mode = report.state.mode
         if report.state.plan is not None:
@@ -558,6 +568,7 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                 trail.close()
     result.timeline = observer.timeline
     result.reached_initial_mode = run.reached
+    result.max_cycle_gap_ms = round(observer.max_gap_s * 1000, 1)
     _judge(scenario, result, run, observer, truth_rows, read_records(audit_path))
 
 

@@ -235,6 +235,11 @@ class Scenario(_Strict):
     """The whole run, set-up included, is stopped (and failed) after this long."""
 
     @property
+    def steps_hang(self) -> bool:
+        """Whether a step stalls the controller on purpose (hang_s, slow_cycles)."""
+        return any(s.hang_s is not None or s.slow_cycles is not None for s in self.steps)
+
+    @property
     def trigger_index(self) -> int | None:
         marked = [i for i, s in enumerate(self.steps) if s.trigger]
         if marked:

@@ -254,3 +254,27 @@ def test_finding_c1_a_control_character_is_a_config_error(workdir: Path, char: s
     assert isinstance(result, ConfigError)
     (issue,) = result.issues
     assert issue.line == 2 and "unacceptable character" in issue.message, str(issue)
+
+
+@pytest.mark.parametrize(("signal", "change", "field"), [
+    ("kv", {"scale": 0.001}, "devices.imaging.kv"),
+    ("pulse_width_ms", {"scale": 1e-320}, "devices.imaging.pulse_width_ms"),
+    ("watchdog_timeout_ms", {"type": "int16", "scale": 0.001},
+     "limits.device_watchdog_timeout_ms"),
+])
+def test_finding_c2_a_setting_that_does_not_fit_its_register_is_a_config_error(
+        workdir: Path, signal: str, change: dict[str, Any], field: str) -> None:
+    """Found by test_mutated_register_maps_load_or_are_refused (long run): a map whose
+    register cannot carry a setting the controller writes at every connection (kv = 90 at
+    scale 0.001 is 90000, beyond a uint16) was called valid by load_room, and the device
+    client then refused it at start-up with a ValueError (or, for a scale so small that the
+    value overflows, an OverflowError) out of `syncctl run`. Now a ConfigError at the setting."""
+    _restore(workdir)
+    path = workdir / "registers/xray-imaging.yaml"
+    regmap = yaml.safe_load(path.read_text(encoding="utf-8"))
+    regmap["registers"][signal].update(change)
+    path.write_text(_dump(regmap), encoding="utf-8")
+    result = check_load(workdir)
+    assert isinstance(result, ConfigError)
+    assert any(issue.path == field and signal in issue.message for issue in result.issues), (
+        str(result))

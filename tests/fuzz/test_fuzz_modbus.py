@@ -154,6 +154,18 @@ def test_codec_encodes_in_range_or_refuses(reg: RegisterDef, value: float,
     assert abs(back - value) <= reg.scale / 2 * (1 + 1e-9) + abs(value) * 1e-12
 
 
+@pytest.mark.parametrize(("type_", "scale", "value"), [
+    ("uint32", 1e-9, 1e300), ("uint16", 1e-320, 90.0), ("int32", 1e-300, -1e10)])
+def test_finding_m1_a_value_too_big_for_the_scale_is_a_codec_error(
+        type_: str, scale: float, value: float) -> None:
+    """Found by test_codec_encodes_in_range_or_refuses (long run): ``encode`` divided by the
+    scale and rounded; a quotient that overflows to infinity raised OverflowError, which no
+    caller expects (the device clients catch ValueError). Now a CodecError."""
+    reg = RegisterDef(address=0, table="holding", type=type_, scale=scale, access="rw")
+    with pytest.raises(CodecError, match="does not fit"):
+        encode(reg, value, "big")
+
+
 # -- 2. status decoding -------------------------------------------------------------------
 
 STATUS = {

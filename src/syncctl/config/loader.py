@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from syncctl.config.errors import ConfigError, ConfigIssue
-from syncctl.config.registers import RegisterMapFile, check_register_map
+from syncctl.config.registers import CodecError, RegisterMapFile, check_register_map, encode
 from syncctl.config.room import BoxWindow, RoomFile, cross_field_problems
 from syncctl.config.yaml_source import PathKey, YamlSource, load_yaml
 from syncctl.core.types import CoreParams, Plan, Position, Window, WindowBox, WindowSphere
@@ -309,6 +309,38 @@ def _load_maps(source: YamlSource, room: RoomFile | None
     return maps, issues
 
 
+def _settings_problems(source: YamlSource, room: RoomFile,
+                       maps: dict[str, RegisterMapFile]) -> list[ConfigIssue]:
+    """Each value the controller writes to a device at every connection (its settings) must
+    fit the register the map gives it (type and scale); otherwise the device client would
+    refuse it at start-up, after the configuration was called valid."""
+    lim, xic = room.limits, room.devices.imaging
+    settings: dict[str, dict[str, tuple[PathKey, float]]] = {
+        "beam_gate": {"watchdog_timeout_ms": (("limits", "device_watchdog_timeout_ms"),
+                                              lim.device_watchdog_timeout_ms)},
+        "imaging": {
+            "watchdog_timeout_ms": (("limits", "device_watchdog_timeout_ms"),
+                                    lim.device_watchdog_timeout_ms),
+            **{name: (("devices", "imaging", name), float(getattr(xic, name)))
+               for name in ("frame_rate_fps", "kv", "ma", "pulse_width_ms")},
+        },
+    }
+    issues: list[ConfigIssue] = []
+    for slot, values in settings.items():
+        regmap = maps.get(slot)
+        if regmap is None:
+            continue
+        for signal, (where, value) in values.items():
+            reg = regmap.registers[signal]
+            try:
+                encode(reg, value, regmap.word_order)
+            except CodecError as exc:
+                issues.append(source.issue(
+                    where, f"{value:g} cannot be written to {signal} of the {slot} register "
+                           f"map ({reg.type}, scale {reg.scale:g}): {exc}"))
+    return issues
+
+
 def load_room(path: Path | str) -> RoomConfig:
     """Load, validate and cross-check a room file and the register maps it names.
 
@@ -328,6 +360,8 @@ def load_room(path: Path | str) -> RoomConfig:
         issues = [source.issue(p, m) for p, m in cross_field_problems(room)]
     maps, map_issues = _load_maps(source, room)
     issues.extend(map_issues)
+    if room is not None and not issues:
+        issues.extend(_settings_problems(source, room, maps))
     if issues or room is None:
         raise ConfigError(issues)
     return RoomConfig(file, room, maps["beam_gate"], maps["imaging"])

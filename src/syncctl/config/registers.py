@@ -251,7 +251,10 @@ def encode(reg: RegisterDef, value: float, word_order: str) -> list[int]:
     """Words for an engineering value, rounded to the register's resolution."""
     if not math.isfinite(value):
         raise CodecError(f"{value!r} cannot be written")
-    return encode_raw(reg, round(value / reg.scale), word_order)
+    scaled = value / reg.scale
+    if not math.isfinite(scaled):  # a huge value over a tiny scale: no integer, no register
+        raise CodecError(f"{value!r} at scale {reg.scale!r} does not fit a {reg.type}")
+    return encode_raw(reg, round(scaled), word_order)
 
 
 def encode_bits(reg: RegisterDef, flags: dict[str, bool]) -> list[int]:

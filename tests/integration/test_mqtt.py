@@ -47,7 +47,7 @@ from syncctl.controller import Controller
 from syncctl.core import Mode
 from syncctl.devices import BeamGateClient, ImagingClient
 from syncctl.service import RoomService, ServiceSettings
-from tests.integration.conftest import ROOM, ROOT, Sim
+from tests.integration.conftest import ROOM, ROOT, Sim, start_sim
 
 MOSQUITTO = shutil.which("mosquitto") or next(
     (p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
@@ -153,6 +153,17 @@ class Broker:
 def broker(tmp_path: Path) -> Iterator[Broker]:
     running = Broker(tmp_path)
     running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[Sim]:
+    """A fresh simulator per test (the module one of conftest is shared): a controller that
+    ends stops heartbeating, and the firmware watchdog then latches a fault in the devices."""
+    running = start_sim(tmp_path / "sim")
     try:
         yield running
     finally:

@@ -307,6 +307,8 @@ class RoomService:
                 self._handle_report(report, sample)
             except Exception:
                 log.exception("room service could not handle a report")
+            if not self._reports.empty():
+                await asyncio.sleep(0)  # a backlog must not hold the control cycle back
 
     def _handle_report(self, report: ControllerReport, sample: bool) -> None:
         self.latest = report

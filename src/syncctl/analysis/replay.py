@@ -9,14 +9,15 @@ The recorded snapshots are what the devices did in answer to the decisions actua
 a counterfactual replay the gate readback and the X-ray "exposing" flag would contradict the
 replayed commands (the real gate followed the real command), and the stuck-gate and
 uncommanded-X-ray rules (IL-010, IL-011) would trip on the first difference. So a
-counterfactual replay models *ideal actuators*: each snapshot's gate readback and exposing
-flag are replaced by what the replayed core commanded in the step before. Everything else
-(target, frames, spill, dose counter, interlock chain) stays as recorded, and where the two
-cores' commands agree the recorded readback, with its real actuation delays, is kept: where the replayed
-core would have closed the gate earlier, the recorded dose counter still rose, and where it
-would have opened it, no dose was really delivered. The dose figures of a counterfactual
-replay are therefore estimates (see ``estimate_dose``), and everything after the first mode
-difference says what the core would have *permitted* on that input, not what would have
+counterfactual replay models *ideal actuators*: wherever the recorded readback cannot answer
+the replayed core's command, the gate readback and the exposing flag are set to what the
+replayed core commanded; where the two cores' commands agree, the recorded readback (with its
+real actuation delays) is kept. Everything else (target, frames, spill, dose counter,
+interlock chain) stays as recorded: where the replayed core would have closed the gate
+earlier, the recorded dose counter still rose, and where it would have opened it, no dose was
+really delivered. The dose figures of a counterfactual replay are therefore estimates (see
+``estimate_dose``), and everything after the first mode difference says what the core would
+have *permitted* on that input, not what would have
 happened. A replay with the recorded parameters uses the snapshots untouched.
 """
 

@@ -45,7 +45,8 @@ def explain(result: ScenarioResult) -> str:
 @pytest.mark.timeout(400)
 def test_every_shipped_scenario_passes(suite: tuple[SuiteResult, Path]) -> None:
     result, _ = suite
-    assert result.check is not None and result.check.ok
+    assert result.check is not None, result.check_error
+    assert result.check.ok, "\n".join(str(f) for f in result.check.errors)
     assert not result.load_failures
     assert len(result.results) == len(scenario_files(SCENARIOS))
     failed = [explain(r) for r in result.results if not r.passed]

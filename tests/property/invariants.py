@@ -265,6 +265,8 @@ class History:
     xray_changed_at: float = 0.0
     bg_echo_ok_at: float | None = None
     xi_echo_ok_at: float | None = None
+    sent: tuple[tuple[int, float], ...] = ()
+    """(heartbeat value, time the core decided it) of the last 64 heartbeats."""
     last_dose: float | None = None
     last_mas: float | None = None
     counter: int | None = None
@@ -351,16 +353,19 @@ class History:
         frozen = xi is not None and elapsed(now_eff, advanced_at) > p.max_frame_age_s
         stale = xi is not None and frame_age > p.max_frame_age_s
 
-        def echo_ok(status: BeamGateStatus | ImagingStatus | None, read_at: float | None,
+        def echo_ok(status: BeamGateStatus | ImagingStatus | None,
                     before: float | None) -> float | None:
-            if status is not None and status.heartbeat_echo in (
-                self.heartbeat, (self.heartbeat - 1) % UINT16
-            ):
-                return read_at
-            return before
+            # An echo of any recent heartbeat proves the device was fed when it was sent.
+            if status is None:
+                return before
+            sent_at = [at for value, at in self.sent if value == status.heartbeat_echo]
+            if not sent_at:
+                return before
+            newest = sent_at[-1]
+            return newest if before is None or newest > before else before
 
-        bg_echo = echo_ok(bg, bg_r.read_at, self.bg_echo_ok_at)
-        xi_echo = echo_ok(xi, xi_r.read_at, self.xi_echo_ok_at)
+        bg_echo = echo_ok(bg, self.bg_echo_ok_at)
+        xi_echo = echo_ok(xi, self.xi_echo_ok_at)
 
         t: dict[str, str] = {}
         if bg_lost:
@@ -559,6 +564,8 @@ class History:
             self.last_now = float(now)
         if out.heartbeat is not None:
             self.heartbeat = out.heartbeat
+            if _finite(f.now):
+                self.sent = (*self.sent, (out.heartbeat, f.now))[-64:]
         if out.gate is not self.gate:
             self.gate, self.gate_changed_at = out.gate, f.now
         if out.xray is not self.xray:

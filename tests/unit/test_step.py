@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -492,3 +493,47 @@ def test_repeated_cycle_overruns_reported_by_the_controller_trip() -> None:
     h.tick()
     assert h.mode is Mode.FAULT
     assert "IL-019" in trip_ids(h)
+
+
+def _lagging_echo(h: Harness, behind: int) -> Callable[[Snapshot], Snapshot]:
+    """The imaging controller echoing the heartbeat ``behind`` values late."""
+
+    def tamper(snap: Snapshot) -> Snapshot:
+        sent = [o.heartbeat for o in h.outputs if o.heartbeat is not None]
+        echo = sent[-1 - behind] if len(sent) > behind else 0
+        return with_imaging(heartbeat_echo=echo)(snap)
+
+    return tamper
+
+
+def test_an_imaging_echo_lagging_a_few_heartbeats_is_no_trip() -> None:
+    """A device polled at its own period echoes a value or three behind (60 ms at a 20 ms
+    heartbeat): it was fed when that value was sent, well within its 200 ms watchdog."""
+    h = Harness()
+    h.to_treating()
+    h.tamper = _lagging_echo(h, behind=3)
+    h.run(1.0)
+    assert h.mode is Mode.TREATING
+    assert all("IL-013" not in o.xray_permit.denied_by for o in h.outputs[-400:])
+
+
+def test_an_imaging_echo_too_far_behind_trips_il_013() -> None:
+    """Once the newest value the device echoes was sent longer ago than its watchdog timeout,
+    the device's own watchdog may have fired: termination."""
+    h = Harness()
+    h.to_treating()
+    h.tamper = _lagging_echo(h, behind=12)  # 240 ms at 20 ms > 200 ms
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=1.0)
+    assert "IL-013" in h.state.latched
+
+
+def test_a_power_up_echo_of_zero_never_counts_as_fed() -> None:
+    """Heartbeats run 1..65535, never 0: a restarted device's echo register (0) can never be
+    taken for a heartbeat it received."""
+    h = Harness()
+    h.to_treating()
+    sent = {o.heartbeat for o in h.outputs if o.heartbeat is not None}
+    assert 0 not in sent
+    h.tamper = with_imaging(heartbeat_echo=0)
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=1.0)
+    assert "IL-013" in h.state.latched

@@ -55,7 +55,7 @@ _FRACTION = (Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD)
 
 TRANSITIONS: tuple[Transition, ...] = (
     Transition(Trigger.DEVICES_ONLINE, (Mode.OFFLINE,), Mode.SAFE,
-               "both devices read, fresh, valid and not degraded"),
+               "both devices read, fresh, valid, not degraded, and echoing our heartbeat"),
     Transition(Trigger.SELECT_PLAN, (Mode.SAFE,), Mode.SETUP,
                "plan exists; no termination condition present"),
     Transition(Trigger.START_IMAGING, (Mode.SETUP,), None, "none"),

@@ -59,6 +59,9 @@ class CoreState:
     beam_denied_since: float | None = None
     heartbeat: int = 0
     heartbeat_sent_at: float | None = None
+    heartbeats_sent: tuple[tuple[int, float], ...] = ()
+    """The most recent heartbeat values with the time each was decided (newest last): an echo
+    proves the device received that value, so its watchdog was fed no earlier than then."""
     beam_gate_echo_ok_at: float | None = None
     imaging_echo_ok_at: float | None = None
     last_dose_mu: float | None = None

@@ -143,9 +143,25 @@ def _check_clock(state: CoreState, now: float) -> tuple[bool, float]:
 # --- 2. observation -----------------------------------------------------------------------------
 
 
-def _echo_matches(echo: int, heartbeat: int) -> bool:
-    # The device may not have seen our latest write yet: the previous value counts too.
-    return echo in (heartbeat, (heartbeat - 1) % UINT16)
+HEARTBEAT_HISTORY = 64
+"""Heartbeat values remembered for matching echoes: 1.28 s at a 20 ms period. An echo of an
+older value is not recognised, which can only make IL-012/IL-013 trip earlier (safe)."""
+
+
+def _echo_sent_at(echo: int, sent: tuple[tuple[int, float], ...]) -> float | None:
+    """When the heartbeat value the device echoes was decided, or None if it is not one of
+    the recent values. The device may lag a few heartbeats behind (its link is polled at its
+    own period, a transaction may be retried): any recent value proves it was fed then."""
+    for value, at in reversed(sent):
+        if value == echo:
+            return at
+    return None
+
+
+def _later(at: float | None, before: float | None) -> float | None:
+    if at is None:
+        return before
+    return at if before is None or at > before else before
 
 
 def _absorb_observation(state: CoreState, obs: Observation) -> CoreState:
@@ -161,14 +177,14 @@ def _absorb_observation(state: CoreState, obs: Observation) -> CoreState:
     last_dose = state.last_dose_mu
     if obs.beam_gate is not None:
         last_dose = obs.beam_gate.dose_delivered_mu
-        if _echo_matches(obs.beam_gate.heartbeat_echo, state.heartbeat):
-            bg_echo_ok_at = obs.beam_gate_read_at
+        bg_echo_ok_at = _later(
+            _echo_sent_at(obs.beam_gate.heartbeat_echo, state.heartbeats_sent), bg_echo_ok_at)
     xi_echo_ok_at = state.imaging_echo_ok_at
     last_mas = state.last_mas
     if obs.imaging is not None:
         last_mas = obs.imaging.cumulative_mas
-        if _echo_matches(obs.imaging.heartbeat_echo, state.heartbeat):
-            xi_echo_ok_at = obs.imaging_read_at
+        xi_echo_ok_at = _later(
+            _echo_sent_at(obs.imaging.heartbeat_echo, state.heartbeats_sent), xi_echo_ok_at)
 
     last_now = state.last_now if not is_finite_number(obs.now) else obs.now
     return replace(
@@ -253,6 +269,12 @@ def _maybe_come_online(
     if obs.beam_gate is None or obs.imaging is None or obs.clock_fault:
         return state
     if obs.beam_gate_degraded or obs.imaging_degraded:
+        return state
+    # Online also means listening: each device has echoed a heartbeat within its watchdog
+    # timeout. Without this, SAFE would be announced while IL-012/IL-013 still block a plan.
+    timeout = state.params.device_watchdog_timeout_s
+    if (elapsed(now, state.beam_gate_echo_ok_at) > timeout
+            or elapsed(now, state.imaging_echo_ok_at) > timeout):
         return state
     return _change_mode(state, Trigger.DEVICES_ONLINE, now, events, ())
 
@@ -413,8 +435,13 @@ def _record_commands(
 def _heartbeat(state: CoreState, now: float) -> tuple[CoreState, int | None]:
     if elapsed(now, state.heartbeat_sent_at) < state.params.heartbeat_period_s:
         return state, None
-    value = (state.heartbeat + 1) % UINT16
-    return replace(state, heartbeat=value, heartbeat_sent_at=now), value
+    # 1..65535: never 0, the echo register's power-up value, so that a device that restarted
+    # never seems to echo a heartbeat it did not receive.
+    value = state.heartbeat % (UINT16 - 1) + 1
+    sent = state.heartbeats_sent
+    if is_finite_number(now):
+        sent = (*sent[-(HEARTBEAT_HISTORY - 1):], (value, now))
+    return replace(state, heartbeat=value, heartbeat_sent_at=now, heartbeats_sent=sent), value
 
 
 def _alarms(active: tuple[Rule, ...], state: CoreState) -> tuple[Alarm, ...]:

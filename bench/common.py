@@ -138,6 +138,7 @@ class LineProcess:
 
     proc: subprocess.Popen[str]
     seen: list[str] = field(default_factory=list)
+    pending: bytes = b""
 
     @classmethod
     def start(cls, args: list[str], cwd: Path) -> LineProcess:
@@ -152,18 +153,25 @@ class LineProcess:
         self.proc.stdin.flush()
 
     def wait_for(self, *texts: str, timeout_s: float = 10.0) -> str:
+        """The next line containing one of ``texts``. Reads the raw descriptor: select() and
+        readline() together lose lines that arrive in one chunk."""
         assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.05)
-            if ready:
-                line = self.proc.stdout.readline()
-                if not line and self.proc.poll() is not None:
-                    break
+            while b"\n" in self.pending:
+                raw, _, self.pending = self.pending.partition(b"\n")
+                line = raw.decode("utf-8", errors="replace") + "\n"
                 self.seen.append(line)
                 del self.seen[:-200]
                 if any(t in line for t in texts):
                     return line
+            ready, _, _ = select.select([fd], [], [], 0.05)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk and self.proc.poll() is not None:
+                    break
+                self.pending += chunk
         raise TimeoutError(f"{texts!r} not seen within {timeout_s} s; last output:\n"
                            + "".join(self.seen[-20:]))
 

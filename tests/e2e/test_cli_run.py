@@ -4,34 +4,36 @@ SIGTERM that must end with the safe state confirmed by readback and exit 0."""
 from __future__ import annotations
 
 import os
-import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from syncctl.cli.simproc import start_simulators
 from syncctl.config import load_room
+from tests.lines import LineReader
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
+_READERS: dict[int, LineReader] = {}
+
+
+def reader_of(proc: subprocess.Popen[str]) -> LineReader:
+    if proc.pid not in _READERS:
+        assert proc.stdout is not None
+        _READERS[proc.pid] = LineReader(proc.stdout.fileno())
+    return _READERS[proc.pid]
+
+
 def wait_for(proc: subprocess.Popen[str], text: str, timeout_s: float, seen: list[str]) -> None:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], 0.1)
-        if ready:
-            line = proc.stdout.readline()
-            seen.append(line)
-            if text in line:
-                return
-        if proc.poll() is not None:
-            break
-    pytest.fail(f"{text!r} not seen within {timeout_s} s; output: {''.join(seen)}")
+    reader = reader_of(proc)
+    line = reader.wait_for(lambda line: text in line, timeout_s)
+    seen[:] = reader.lines
+    if line is None:
+        pytest.fail(f"{text!r} not seen within {timeout_s} s; output: {''.join(seen)}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -82,9 +84,10 @@ def run_session(proc: subprocess.Popen[str], sig: signal.Signals, seen: list[str
         proc.stdin.write("status\n")
         proc.stdin.flush()
         wait_for(proc, "mode SETUP  plan lung-01", 5, seen)
+        reader = reader_of(proc)
         proc.send_signal(sig)
         out, _ = proc.communicate(timeout=15)
-        return out
+        return reader.pending.decode() + out
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import signal
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from pymodbus.client import ModbusTcpClient
 
 from syncctl.cli.simproc import SimProcess, start_simulators
 from syncctl.config import load_room
+from tests.lines import LineReader
 
 ROOT = Path(__file__).resolve().parents[2]
 ROOM = ROOT / "configs" / "room-sim.yaml"
@@ -44,6 +44,7 @@ measured and reported in docs/reliability.md, not asserted tightly here."""
 class Controller:
     proc: subprocess.Popen[str]
     seen: list[str] = field(default_factory=list)
+    reader: LineReader | None = None
 
     def send(self, *lines: str) -> None:
         assert self.proc.stdin is not None
@@ -54,18 +55,15 @@ class Controller:
         return self.wait_for_any(text, timeout_s=timeout_s)
 
     def wait_for_any(self, *texts: str, timeout_s: float = 15.0) -> str:
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.1)
-            if ready:
-                line = self.proc.stdout.readline()
-                self.seen.append(line)
-                if any(text in line for text in texts):
-                    return line
-                if not line and self.proc.poll() is not None:
-                    break
-        pytest.fail(f"{texts!r} not seen within {timeout_s} s; output:\n{''.join(self.seen)}")
+        if self.reader is None:
+            assert self.proc.stdout is not None
+            self.reader = LineReader(self.proc.stdout.fileno())
+        line = self.reader.wait_for(lambda text: any(t in text for t in texts), timeout_s)
+        self.seen = self.reader.lines
+        if line is None:
+            pytest.fail(f"{texts!r} not seen within {timeout_s} s; output:\n"
+                        f"{''.join(self.seen)}")
+        return line
 
     def stop(self) -> None:
         if self.proc.poll() is None:

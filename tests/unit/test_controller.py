@@ -215,3 +215,31 @@ async def test_no_task_is_left_behind() -> None:
     await asyncio.wait_for(controller.run(stop), 10)
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     assert others == []
+
+
+@pytest.mark.asyncio
+async def test_a_clock_that_jumps_back_does_not_stall_the_cycle() -> None:
+    """The cycle is scheduled on the controller's clock: a backward jump of that clock must
+    not make it wait out the jump (the core trips on the jump; the cycle goes on)."""
+    offset = [0.0]
+
+    def clock() -> float:
+        return time.monotonic() + offset[0]
+
+    ports = RoomPorts()
+    controller = Controller(PARAMS, ports.beam_gate, ports.imaging, period_s=0.001,
+                            imaging_period_s=0.004, clock=clock)
+    stop = asyncio.Event()
+    task = asyncio.create_task(controller.run(stop))
+    try:
+        for _ in range(200):
+            if controller.stats.cycles >= 20:
+                break
+            await asyncio.sleep(0.005)
+        offset[0] = -5.0  # five seconds back
+        before = controller.stats.cycles
+        await asyncio.sleep(0.3)
+        assert controller.stats.cycles > before + 10, "the cycle stalled on the jump"
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)

@@ -184,7 +184,10 @@ class Controller:
             self._account(elapsed)
             next_at += self.period_s
             now = self.clock()
-            next_at = max(next_at, now)  # fell behind: do not try to catch up with a burst
+            # Fell behind: do not try to catch up with a burst. Ahead by more than a period
+            # (the clock went backwards): do not wait for it either; the core judges the jump.
+            if not now <= next_at <= now + self.period_s:
+                next_at = max(now, min(next_at, now + self.period_s))
             await asyncio.sleep(max(0.0, next_at - now))
 
     def _account(self, elapsed: float) -> None:

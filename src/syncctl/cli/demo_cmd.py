@@ -20,6 +20,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,8 @@ EXIT_ERROR = 1
 """The simulators could not be started (exit codes 0, 2, 3: see syncctl.cli.fraction)."""
 TAIL_S = 0.5
 """Keep running this long after the fraction ends, so the truth records the safe state."""
+CONSOLE_MAX_S = 8 * 3600.0
+"""With --console the human ends the run; this bounds a forgotten session."""
 
 
 @dataclass
@@ -137,9 +140,13 @@ def recording_path(args: argparse.Namespace, config: RoomConfig, plan_id: str) -
 
 
 async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
-                   bus: Bus | None = None) -> dict[str, Any]:
+                   bus: Bus | None = None,
+                   console: Callable[[Bus, asyncio.Event], Coroutine[Any, Any, None]] | None = None,
+                   ) -> dict[str, Any]:
     """One fraction; ``bus``: share this bus (e.g. an InProcessBus with a console) instead of
-    the one the config names."""
+    the one the config names. ``console``: a human drives over that bus instead of the
+    scripted operator; the run ends when the console sets the stop event it is given (and the
+    console must return once that event is set)."""
     params = config.to_core_params()
     plan_id = args.plan or params.plans[0].plan_id
     plan = params.plan(plan_id)
@@ -153,7 +160,7 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
     beam_gate = imaging = None
     recording: FractionRecorder | None = None
     recorder = Recorder()
-    progress = Progress(plan.planned_dose_mu, enabled=not args.quiet)
+    progress = Progress(plan.planned_dose_mu, enabled=not args.quiet and console is None)
     room_bus: Bus | None = None
     trail: AuditTrail | None = None
     service: RoomService | None = None
@@ -190,7 +197,10 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
                 progress._say(f"operator gave up: {operator.gave_up}")
                 stop.set()
 
-        controller.listeners += [recorder, operator, progress, watch]
+        if console is None:
+            controller.listeners += [recorder, operator, progress, watch]
+        else:  # the human drives and decides when the run ends (quitting the console)
+            controller.listeners += [recorder]
         layout = load_backdoor_layout()
         t0 = recorder.started_at
         injectors = [asyncio.create_task(_inject_later(i, layout, sim.ready["backdoor"], t0,
@@ -203,9 +213,16 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
         cpu0 = time.process_time()
         wall0 = time.monotonic()
         await service.start()
+        human = None if console is None else asyncio.create_task(console(room_bus, stop))
         try:
             safe = await controller.run(stop)
         finally:
+            stop.set()
+            if human is not None:
+                for failure in await asyncio.gather(human, return_exceptions=True):
+                    if isinstance(failure, Exception):
+                        logging.getLogger("syncctl.demo").error("the console failed: %r",
+                                                                failure)
             await service.stop()
             timer.cancel()
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -298,7 +315,24 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth: Truth, saf
     }
 
 
+async def _with_console(config: RoomConfig, args: argparse.Namespace, workdir: Path
+                        ) -> dict[str, Any]:
+    """`--console`: the room on an InProcessBus shared with the console (docs/console.md)."""
+    from syncctl.bus import InProcessBus
+    from syncctl.cli.console_cmd import run_in_process
+    from syncctl.service import room_topics
+
+    bus = InProcessBus(room_topics(config))
+    try:
+        return await run_demo(config, args, workdir, bus=bus,
+                              console=lambda b, stop: run_in_process(b, config, stop))
+    finally:
+        await bus.close()
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.max_seconds is None:
+        args.max_seconds = CONSOLE_MAX_S if args.console else 300.0
     if args.review and args.no_record:
         print("error: --review needs the recording: drop --no-record", file=sys.stderr)
         return EXIT_USAGE
@@ -316,7 +350,10 @@ def _run(args: argparse.Namespace) -> int:
         workdir = Path(args.keep) if args.keep else Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         try:
-            summary = asyncio.run(run_demo(config, args, workdir))
+            if args.console:
+                summary = asyncio.run(_with_console(config, args, workdir))
+            else:
+                summary = asyncio.run(run_demo(config, args, workdir))
         except SimulatorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR
@@ -349,8 +386,12 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    metavar="FAULT@SECONDS",
                    help="inject a fault this many seconds after the start; FAULT is one of "
                    f"{', '.join(FAULTS)}, or SLOT.REGISTER=VALUE of the backdoor")
-    p.add_argument("--max-seconds", type=float, default=300.0,
-                   help="stop (safely) after this long (default 300 s)")
+    p.add_argument("--max-seconds", type=float, default=None,
+                   help="stop (safely) after this long (default 300 s; with --console 8 h)")
+    p.add_argument("--console", action="store_true",
+                   help="drive the room yourself from the operator console (Textual) in this "
+                   "process instead of the scripted operator; quitting the console ends the "
+                   "run safely (docs/console.md)")
     p.add_argument("--json", help="also write the summary as JSON to this path")
     p.add_argument("--keep", metavar="DIR",
                    help="keep the ground truth and simulator log in DIR")

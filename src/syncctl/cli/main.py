@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     from syncctl.cli import users_cmd  # here, so that registering it is one edit
 
     users_cmd.register(sub)
+    from syncctl.cli import console_cmd  # here, so that registering it is one edit
+
+    console_cmd.register(sub)
     return parser
 
 

@@ -551,13 +551,14 @@ class ConsoleApp(App[None]):
 
     def __init__(self, client: BusClient, *, room_id: str, plans: list[PlanChoice],
                  role_of: Callable[[str], Role | None] | None = None,
-                 on_quit: Callable[[], None] | None = None) -> None:
+                 ends_run: bool = False) -> None:
         super().__init__()
         self.client = client
         self.room_id = room_id
         self.plans = plans
         self.role_of = role_of
-        self.on_quit = on_quit
+        self.ends_run = ends_run
+        """Quitting ends the run (`syncctl demo --console`): the quit dialog says so."""
         self.trace = Trace()
         self.acks: deque[Ack] = deque(maxlen=50)
         self.busy = False
@@ -663,11 +664,7 @@ class ConsoleApp(App[None]):
         def answered(yes: bool | None) -> None:
             if yes:
                 self.exit()
-        what = "Close the console." if self.on_quit is None else (
+        what = "Close the console (the room keeps running)." if not self.ends_run else (
             "End the run: the controller stops safely (gate closed, X-ray off) and the summary "
             "is printed.")
         self.push_screen(ConfirmScreen("Quit", what), answered)
-
-    async def on_unmount(self) -> None:
-        if self.on_quit is not None:
-            self.on_quit()

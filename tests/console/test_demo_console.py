@@ -1,0 +1,79 @@
+"""`syncctl demo --console`: simulators (a child process), controller, room service and the
+console in one process over one InProcessBus; a human (here: Pilot) drives, and quitting the
+console ends the run safely (safe state confirmed by readback) with the usual summary."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from syncctl.bus import Bus, BusClient, InProcessBus
+from syncctl.cli.console_cmd import make_app
+from syncctl.cli.demo_cmd import run_demo
+from syncctl.cli.main import build_parser
+from syncctl.config import load_room
+from syncctl.console.app import ConfirmScreen, MainScreen
+from syncctl.core import Mode
+from syncctl.service import room_topics
+from tests.console.helpers import SIZE, mode_is, press, until
+from tests.console.test_console import image_and_arm, log_in, select_plan, text_of
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(240)
+async def test_demo_console_a_human_treats_and_quitting_ends_the_run_safely(
+        tmp_path: Path) -> None:
+    config = load_room(ROOT / "configs" / "room-sim.yaml")
+    args = build_parser().parse_args(["demo", "--console", "--no-record", "--quiet",
+                                      "--max-seconds", "180", "--plan", "lung-01"])
+    seen: dict[str, Any] = {}
+
+    async def human(bus: Bus, stop: asyncio.Event) -> None:
+        client = BusClient(bus)
+        await client.start()
+        app = make_app(client, config, ends_run=True)
+        try:
+            async with app.run_test(size=SIZE) as pilot:
+                # the demo users file: operator1 / 1111, role from the file
+                await log_in(pilot, app, "operator1", "1111")
+                await until(pilot, lambda: isinstance(app.screen, MainScreen), "main screen",
+                            60)
+                await until(pilot, mode_is(app, Mode.SAFE), "SAFE", 60)
+                await select_plan(pilot, app)
+                await image_and_arm(pilot, app)
+                before = len(app.acks)
+                await press(pilot, "b")
+                app.screen.query_one("#beam-phrase").value = "BEAM ON"  # type: ignore[attr-defined]
+                await press(pilot, "enter")
+                await until(pilot, lambda: len(app.acks) > before, "the beam-on ack")
+                assert app.acks[-1].result == "accepted", app.acks[-1]
+                await until(pilot, lambda: app.client.state is not None and (
+                    app.client.state.delivered_dose_mu or 0) > 0.5, "dose delivered", 60)
+                seen["mode"] = app.client.state.mode if app.client.state else None
+                await press(pilot, "q")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "quit dialog")
+                assert "controller stops safely" in text_of(app, "#confirm-what")
+                await press(pilot, "y")
+                await until(pilot, lambda: not app.is_running, "the console exits", 20)
+        except AssertionError as exc:
+            events = [f"{e.kind} {e.rule_ids} {e.message}" for e in client.events][-15:]
+            raise AssertionError(f"{exc}; the room's last events: {events}") from None
+        finally:
+            stop.set()
+            await client.close()
+
+    bus = InProcessBus(room_topics(config))
+    try:
+        summary = await run_demo(config, args, tmp_path, bus=bus, console=human)
+    finally:
+        await bus.close()
+    assert seen["mode"] in ("TREATING", "COMPLETE")
+    assert summary["safe_state_confirmed"] is True
+    assert summary["plan_id"] == "lung-01"
+    assert summary["delivered_dose_mu"] > 0.5
+    assert summary["final_state"] in ("TREATING", "HOLD", "COMPLETE", "SAFE")

@@ -403,12 +403,12 @@ async def run_case(room: Room, mode: Mode, fault_name: str, expect: Expect,
     workdir.mkdir(parents=True, exist_ok=True)
     run = CaseRun(audit_path=workdir / "audit.sqlite")
     backdoor = Backdoor(room.sim.ready["backdoor"])
-    await backdoor.open()
     trail = AuditTrail(run.audit_path, room=config.room.room.id)
     beam_gate, imaging = BeamGateClient(runtime), ImagingClient(runtime)
     stop = asyncio.Event()
     task: asyncio.Task[bool] | None = None
     try:
+        await backdoor.open()
         await clear_devices(backdoor, reboot=True)
         room.truth.read()
         room.truth.forget_before(time.monotonic())

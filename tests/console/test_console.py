@@ -75,6 +75,9 @@ async def test_login_refused_then_accepted(room: Room) -> None:
 
 async def confirm(pilot: Pilot[None], app: ConsoleApp, key: str) -> int:
     """Press an action's key and confirm it with y; returns the number of acks before."""
+    command = next(a.command for a in ACTIONS if a.key == key)
+    # the ack of the previous command may come before the room's new state
+    await until(pilot, lambda: app.why_not(command) == "", f"{command} available")
     before = len(app.acks)
     await press(pilot, key)
     await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), f"confirmation of {key}")
@@ -88,6 +91,7 @@ async def answered(pilot: Pilot[None], app: ConsoleApp, before: int) -> Ack:
 
 
 async def select_plan(pilot: Pilot[None], app: ConsoleApp) -> None:
+    await until(pilot, lambda: app.why_not("select_plan") == "", "select_plan available")
     before = len(app.acks)
     await press(pilot, "p")
     await until(pilot, lambda: isinstance(app.screen, PlanScreen), "the plan list")

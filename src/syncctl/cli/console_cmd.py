@@ -16,9 +16,9 @@ import asyncio
 import contextlib
 import sys
 from pathlib import Path
+from typing import Any
 
 from syncctl.bus import (
-    Bus,
     BusClient,
     CredentialsError,
     MqttBus,
@@ -30,6 +30,7 @@ from syncctl.bus import (
 from syncctl.cli.fraction import EXIT_USAGE
 from syncctl.config import ConfigError, RoomConfig, load_room
 from syncctl.console import ConsoleApp, PlanChoice
+from syncctl.console.bridge import LoopBridgeBus
 from syncctl.service import load_room_users, room_topics
 
 
@@ -57,28 +58,34 @@ def make_app(client: BusClient, config: RoomConfig, *, ends_run: bool = False) -
                       ends_run=ends_run)
 
 
-async def run_in_process(bus: Bus, config: RoomConfig, stop: asyncio.Event) -> None:
-    """The console of `syncctl demo --console`: shares the service's bus; when it is quit,
-    ``stop`` is set (the controller then stops safely); when ``stop`` is set elsewhere
-    (time limit, a signal), the console closes."""
-    client = BusClient(bus)
+async def run_beside(bridge: LoopBridgeBus, config: RoomConfig,
+                     room: asyncio.Future[Any]) -> None:
+    """The console of `syncctl demo --console`, in this (main) thread's loop, over ``bridge``
+    to the room that ``room`` runs in a worker thread. Quitting the console ends the run (the
+    room stops safely); when the room stops for another reason, the console closes."""
+    attach = asyncio.ensure_future(bridge.attached.wait())
+    await asyncio.wait([attach, room], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+    attach.cancel()
+    if not bridge.attached.is_set():
+        return  # the room did not start: its error is the room's result
+    client = BusClient(bridge)
     await client.start()
     app = make_app(client, config, ends_run=True)
 
-    async def close_on_stop() -> None:
-        await stop.wait()
+    async def close_when_gone() -> None:
+        await bridge.gone.wait()
         app.exit()
 
-    closer = asyncio.create_task(close_on_stop())
+    closer = asyncio.ensure_future(close_when_gone())
     try:
         await app.run_async()
-    finally:
-        stop.set()
-        closer.cancel()
-        await asyncio.gather(closer, return_exceptions=True)
-        if client.session is not None:
+        if client.session is not None and bridge.connected:
             with contextlib.suppress(TimeoutError):
                 await client.logout()
+    finally:
+        bridge.request_stop()
+        closer.cancel()
+        await asyncio.gather(closer, return_exceptions=True)
         await client.close()
 
 

@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -64,6 +65,7 @@ TAIL_S = 0.5
 """Keep running this long after the fraction ends, so the truth records the safe state."""
 CONSOLE_MAX_S = 8 * 3600.0
 """With --console the human ends the run; this bounds a forgotten session."""
+CONSOLE_SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass
@@ -207,7 +209,10 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
                                                        progress._say))
                      for i in args.inject]
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        # (in the main thread only: with --console the room runs in a worker thread)
+        signals = ((signal.SIGINT, signal.SIGTERM)
+                   if threading.current_thread() is threading.main_thread() else ())
+        for sig in signals:
             loop.add_signal_handler(sig, stop.set)
         timer = loop.call_later(args.max_seconds, stop.set)
         cpu0 = time.process_time()
@@ -225,7 +230,7 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
                                                                 failure)
             await service.stop()
             timer.cancel()
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in signals:
                 loop.remove_signal_handler(sig)
             for task in injectors:
                 task.cancel()
@@ -317,17 +322,38 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth: Truth, saf
 
 async def _with_console(config: RoomConfig, args: argparse.Namespace, workdir: Path
                         ) -> dict[str, Any]:
-    """`--console`: the room on an InProcessBus shared with the console (docs/console.md)."""
+    """`--console`: the room (run_demo over its own InProcessBus) in a worker thread with its
+    own event loop, so that drawing the console never stalls the control cycle; the console in
+    this thread over a bridge to that bus (syncctl.console.bridge, docs/console.md)."""
     from syncctl.bus import InProcessBus
-    from syncctl.cli.console_cmd import run_in_process
+    from syncctl.cli.console_cmd import run_beside
+    from syncctl.console.bridge import LoopBridgeBus
     from syncctl.service import room_topics
 
-    bus = InProcessBus(room_topics(config))
+    bridge = LoopBridgeBus(room_topics(config))
+
+    async def room_side() -> dict[str, Any]:
+        bus = InProcessBus(room_topics(config))
+        try:
+            return await run_demo(config, args, workdir, bus=bus, console=bridge.serve)
+        finally:
+            await bus.close()
+
+    # The room's thread waits at most this long for the interpreter lock when it wakes up
+    # (default 5 ms: too long next to a 1 ms cycle while the console draws).
+    sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
+    room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, bridge.request_stop)
     try:
-        return await run_demo(config, args, workdir, bus=bus,
-                              console=lambda b, stop: run_in_process(b, config, stop))
+        await run_beside(bridge, config, room)
     finally:
-        await bus.close()
+        bridge.request_stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await asyncio.wait([room], timeout=60)
+    return await room
 
 
 def _run(args: argparse.Namespace) -> int:

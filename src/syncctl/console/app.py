@@ -523,9 +523,12 @@ CSS = """
 #top { height: 8; }
 #mode { width: 26; }
 #beam, #xray { width: 1fr; }
+#top .panel { height: 100%; }
+#bars ProgressBar { width: 100%; }
+#bars Bar { width: 1fr; }
 #middle { height: 1fr; }
 #left { width: 1fr; }
-#right { width: 64; }
+#right { width: 72; }
 #trace { height: 17; }
 #bars { height: 6; }
 #alarms { height: auto; min-height: 3; max-height: 8; }

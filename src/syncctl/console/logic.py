@@ -118,7 +118,7 @@ class Trace:
         while self.samples and t.t_s - self.samples[0].t_s > self.span_s + 1.0:
             self.samples.popleft()
 
-    def render(self, width: int = 60, rows: int = 9, range_mm: float = 15.0) -> list[str]:
+    def render(self, width: int = 60, rows: int = 9, range_mm: float = 13.5) -> list[str]:
         """Lines: ``rows`` of position (top +range_mm, bottom -range_mm, window band shaded),
         then the gate (open: █) and spill (on: ▀) rows, then the time axis."""
         label_w = 8
@@ -138,7 +138,8 @@ class Trace:
             top = range_mm - r * step
             bottom = top - step
             centre = (top + bottom) / 2
-            label = f"{centre:+5.1f}mm" if r in (0, rows // 2, rows - 1) else ""
+            label = (f"{round(centre, 1) + 0.0:+5.1f}mm" if r in (0, rows // 2, rows - 1)
+                     else "")
             in_band = half is not None and -half <= centre <= half
             chars = []
             for s in cols:

@@ -9,11 +9,18 @@ from pathlib import Path
 
 import pytest
 from textual.pilot import Pilot
-from textual.widgets import Button, Input, ProgressBar, Static
+from textual.widgets import Button, Input, ProgressBar, Select, Static
 
 from syncctl.bus import Ack
 from syncctl.console import ConsoleApp
-from syncctl.console.app import BeamOnScreen, ConfirmScreen, LoginScreen, MainScreen, PlanScreen
+from syncctl.console.app import (
+    BeamOnScreen,
+    ConfirmScreen,
+    LoginScreen,
+    MainScreen,
+    PlanScreen,
+    ShelveScreen,
+)
 from syncctl.console.logic import ACTIONS
 from syncctl.core import Mode
 from tests.console.helpers import (
@@ -236,3 +243,48 @@ def test_the_snapshot_comparison_fails_on_a_changed_label() -> None:
                                                   "new now: allowed"]
     without_panel = [line.replace("Interlocks", "") for line in kept]
     assert "missing now: Interlocks" in compare_words(kept, without_panel, set())
+
+
+@pytest.mark.asyncio
+async def test_a_physicist_shelves_an_interruption_alarm_with_reason_and_expiry(
+        room: Room) -> None:
+    app = room.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await log_in(pilot, app, "phil", PINS["phil"])
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "the main screen")
+        await until(pilot, mode_is(app, Mode.SAFE), "SAFE")
+        await press(pilot, "s")  # nothing to shelve yet
+        assert "no active interruption alarm" in text_of(app, "#ack")
+        await select_plan(pilot, app)
+        await image_and_arm(pilot, app)
+        await press(pilot, "b")
+        await until(pilot, lambda: isinstance(app.screen, BeamOnScreen), "beam-on dialog")
+        app.screen.query_one("#beam-phrase", Input).value = "BEAM ON"
+        await press(pilot, "enter")
+        await until(pilot, mode_is(app, Mode.TREATING), "TREATING")
+        room.ports.room.faults.add("tracking_loss")  # low confidence: an interruption
+
+        def alarm_active() -> bool:
+            alarms = app.client.alarms
+            return alarms is not None and any(a.rule_id == "IL-026" for a in alarms.active)
+        await until(pilot, alarm_active, "the IL-026 alarm")
+        await press(pilot, "s")
+        await until(pilot, lambda: isinstance(app.screen, ShelveScreen), "the shelve dialog")
+        dialog = app.screen
+        dialog.query_one("#shelve-rule", Select).value = "IL-026"
+        await pilot.click("#shelve-yes")  # no reason yet
+        assert "A reason is required" in text_of(app, "#shelve-why")
+        dialog.query_one("#shelve-reason", Input).value = "marker tracking being recalibrated"
+        dialog.query_one("#shelve-minutes", Input).value = "10"
+        before = len(app.acks)
+        await pilot.click("#shelve-yes")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
+        assert "Shelve IL-026 for 10 min" in text_of(app, "#confirm-what")
+        await press(pilot, "y")
+        ack = await answered(pilot, app, before)
+        assert ack.result == "accepted", ack
+        await until(pilot, lambda: "shelved by phil" in text_of(app, "#alarms"), "the shelf")
+        assert "marker tracking being recalibrated" in text_of(app, "#alarms")
+        room.ports.room.faults.discard("tracking_loss")
+        ack = await answered(pilot, app, await confirm(pilot, app, "x"))
+        assert ack.result == "accepted" and ack.mode == "SAFE", ack

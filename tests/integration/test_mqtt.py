@@ -456,11 +456,10 @@ async def test_a_broker_outage_does_not_touch_the_fraction_and_loses_no_event(
             assert demo.poll() is None, "the fraction ended during the outage: make it longer"
             await asyncio.to_thread(broker.start)  # its own event loop, in a thread
             assert await viewer.bus.wait_connected(10)
-            deadline = time.monotonic() + 10
-            while not gaps:
-                assert time.monotonic() < deadline, "no telemetry gap reported after the outage"
-                await asyncio.sleep(0.02)
-            print(f"broker down {OUTAGE_S:g} s; telemetry after it reports {gaps} dropped")
+            # The first telemetry after the publisher's reconnect names the gap (asserted in
+            # test_the_outbox_resends_what_the_broker_missed); this subscriber may reconnect
+            # after that message and miss it, so here it is only reported.
+            print(f"broker down {OUTAGE_S:g} s; telemetry gaps seen by the subscriber: {gaps}")
             out, _ = await asyncio.to_thread(finish, demo, 90 + 6 * OUTAGE_S)
         finally:
             if demo.poll() is None:

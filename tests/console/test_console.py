@@ -47,7 +47,8 @@ async def log_in(pilot: Pilot[None], app: ConsoleApp, operator: str, pin: str) -
     await until(pilot, lambda: isinstance(app.screen, LoginScreen), "the login screen")
     app.screen.query_one("#login-id", Input).value = operator
     app.screen.query_one("#login-pin", Input).value = pin
-    await pilot.click("#login-go")
+    app.screen.query_one("#login-go", Button).press()
+    await pilot.pause(0.05)
 
 
 @pytest.mark.asyncio
@@ -272,12 +273,14 @@ async def test_a_physicist_shelves_an_interruption_alarm_with_reason_and_expiry(
         await until(pilot, lambda: isinstance(app.screen, ShelveScreen), "the shelve dialog")
         dialog = app.screen
         dialog.query_one("#shelve-rule", Select).value = "IL-026"
-        await pilot.click("#shelve-yes")  # no reason yet
-        assert "A reason is required" in text_of(app, "#shelve-why")
+        dialog.query_one("#shelve-yes", Button).press()  # no reason yet
+        await until(pilot, lambda: "A reason is required" in text_of(app, "#shelve-why"),
+                    "the dialog asks for the reason")
+        assert isinstance(app.screen, ShelveScreen)
         dialog.query_one("#shelve-reason", Input).value = "marker tracking being recalibrated"
         dialog.query_one("#shelve-minutes", Input).value = "10"
         before = len(app.acks)
-        await pilot.click("#shelve-yes")
+        dialog.query_one("#shelve-yes", Button).press()
         await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "the confirmation")
         assert "Shelve IL-026 for 10 min" in text_of(app, "#confirm-what")
         await press(pilot, "y")

@@ -126,8 +126,13 @@ async def drive(controller: Controller, stop: asyncio.Event, script: list[Comman
 
     def listen(report: ControllerReport) -> None:
         reports.append(report)
-        if report.state.mode is Mode.SAFE and script:
-            controller.submit(script.pop(0))
+        result = report.outputs.command_result
+        if result is not None and script and result.command is script[0] and result.accepted:
+            script.pop(0)
+        # In SAFE, (re)send the next command every 50 cycles until it is accepted, as an
+        # operator would: on a loaded machine a passing condition may refuse the first try.
+        if report.state.mode is Mode.SAFE and script and len(reports) % 50 == 1:
+            controller.submit(script[0])
         if report.state.mode is until:
             stop.set()
 

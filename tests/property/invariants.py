@@ -285,8 +285,8 @@ class History:
     steps: int = 0
     replay: Callable[[], tuple[CoreState, Outputs]] | None = None
     """Set by the driver: runs the same step again (for the determinism invariant)."""
-    _facts: tuple[int, Facts] | None = field(default=None, repr=False)
-    _post: tuple[int, Post] | None = field(default=None, repr=False)
+    _facts: tuple[Snapshot, Facts] | None = field(default=None, repr=False)
+    _post: tuple[Outputs, Post] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.gate_changed_at = self.t0
@@ -295,10 +295,13 @@ class History:
     # -- the oracle, before the command ------------------------------------------------------
 
     def facts(self, snapshot: Snapshot, now: float) -> Facts:
-        if self._facts is not None and self._facts[0] == id(snapshot):
+        # Cached by identity while holding the snapshot itself: an id() alone may be reused by
+        # a new object once the old one is freed, which handed back another step's facts and
+        # made the runs depend on what ran before in the same process.
+        if self._facts is not None and self._facts[0] is snapshot:
             return self._facts[1]
         f = self._compute_facts(snapshot, now)
-        self._facts = (id(snapshot), f)
+        self._facts = (snapshot, f)
         return f
 
     def _compute_facts(self, snapshot: Snapshot, now: float) -> Facts:
@@ -476,7 +479,7 @@ class History:
     # -- the oracle, after the command ----------------------------------------------------------
 
     def post(self, snapshot: Snapshot, out: Outputs) -> Post:
-        if self._post is not None and self._post[0] == id(out):
+        if self._post is not None and self._post[0] is out:
             return self._post[1]
         plan = self.plan
         requested = self.imaging_requested
@@ -530,7 +533,7 @@ class History:
         if plan is not None and xi is not None and _finite(xi.cumulative_mas):
             mas = xi.cumulative_mas - plan.mas_baseline
         result = Post(plan, requested, dose, mas, trip_progress, end_progress)
-        self._post = (id(out), result)
+        self._post = (out, result)
         return result
 
     # -- after the checks: remember this step ------------------------------------------------------

@@ -666,7 +666,10 @@ def judge(mode: Mode, fault_name: str, expect: Expect, run: CaseRun, room: Room,
     dose_at_t0 = room.truth.value_at("beam-gate", "dose_mu", run.injected_at)
     # The device counts dose in 0.01 MU: below that its register still reads 0, and a reboot
     # that resets it to 0 changes nothing the core can see.
-    if expect.undetected_without_dose is not None and dose_at_t0 < DOSE_RESOLUTION_MU:
+    # When the core did see it (the register had already shown a count), the case is judged
+    # as a detected one below.
+    if (expect.undetected_without_dose is not None and dose_at_t0 < DOSE_RESOLUTION_MU
+            and not trips):
         # The known gap: check that nothing was let through, and say what happened.
         out.update(kind="undetected", finding=expect.undetected_without_dose,
                    rules_seen=sorted(tripped))

@@ -236,6 +236,32 @@ async def test_a_viewers_actions_are_disabled_with_the_reason(room: Room) -> Non
         assert app.client.state.mode == "SAFE"
 
 
+@pytest.mark.asyncio
+async def test_a_telemetry_gap_shows_on_the_banner(room: Room) -> None:
+    app = room.app()
+    async with app.run_test(size=SIZE) as pilot:
+        await log_in(pilot, app, "vera", PINS["vera"])
+        await until(pilot, lambda: isinstance(app.screen, MainScreen), "the main screen")
+        await until(pilot, lambda: app.client.telemetry_gaps.received >= 3, "telemetry")
+        await pilot.pause(0.3)
+        banner = app.screen.query_one("#banner", Static)
+        assert not banner.display and text_of(app, "#banner") == ""
+        room.bus._set_connected(False)  # the link fails, for the controller and this console
+        await until(pilot, lambda: "BUS OFFLINE" in text_of(app, "#banner"), "bus offline")
+        await until(pilot, lambda: room.service.stats.telemetry_dropped >= 10, "drops")
+        room.bus._set_connected(True)
+        await until(pilot, lambda: "telemetry gap" in text_of(app, "#banner"), "the gap shown")
+        text = text_of(app, "#banner")
+        gaps = app.client.telemetry_gaps
+        assert gaps.gaps == 1 and gaps.missing == gaps.publisher_dropped_total >= 10
+        assert gaps.last_gap is not None
+        assert text == (f"telemetry gap: {gaps.missing} samples missed in 1 gap (largest "
+                        f"{gaps.missing}, last at {gaps.last_gap.utc[11:19]} UTC); the "
+                        f"controller could not send {gaps.missing} telemetry samples in this "
+                        "run"), text
+        assert banner.display
+
+
 def test_the_snapshot_comparison_fails_on_a_changed_label() -> None:
     kept = screen_text((SNAPSHOTS / "safe.svg").read_text(encoding="utf-8"))
     assert compare_words(kept, kept, set()) == []

@@ -1,4 +1,5 @@
-"""The console's pure parts: which action is available and why not, and the gating trace."""
+"""The console's pure parts: which action is available and why not, the gating trace, and
+the banner's words for telemetry gaps."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from syncctl.bus import RoomState, Telemetry
-from syncctl.console.logic import ACTIONS, Trace, why_not
+from syncctl.bus import RoomState, Telemetry, TelemetryGap, TelemetryGaps
+from syncctl.console.logic import ACTIONS, Trace, telemetry_gap_text, why_not
 
 
 def state(mode: str, **over: Any) -> RoomState:
@@ -50,7 +51,8 @@ def test_the_trace_draws_the_target_against_the_window(offset_mm: float, row: in
             "tracking_confidence": 0.9, "window_centre_mm": [1.0, 2.0, 30.0],
             "window_shape": "box", "window_size_mm": [5.0, 5.0, 5.0], "inside": True,
             "gate_command": "open", "gate_readback_open": i >= 50, "spill_active": i < 50,
-            "delivered_dose_mu": 0.0, "frame_age_ms": 10.0, "dropped": 1 if i == 7 else 0})))
+            "delivered_dose_mu": 0.0, "frame_age_ms": 10.0, "stream": "s", "seq": i + 1,
+            "dropped_total": 0})))
     lines = trace.render(width=40, rows=9, range_mm=13.5)
     assert len(lines) == 9 + 3
     plots = [line.split("│", 1)[1] for line in lines[:9]]
@@ -62,4 +64,15 @@ def test_the_trace_draws_the_target_against_the_window(offset_mm: float, row: in
     assert gate.startswith("·") and gate.endswith("█")  # closed in the older half, then open
     assert spill.startswith("▀") and spill.endswith(" ")
     assert lines[0].startswith(" +12.0mm") and lines[4].startswith("  +0.0mm")
-    assert trace.dropped == 1
+
+
+def test_the_banner_names_telemetry_gaps_only_when_there_are_some() -> None:
+    gaps = TelemetryGaps()
+    assert telemetry_gap_text(gaps) == ""
+    gaps.missing, gaps.gaps, gaps.largest_gap = 1, 1, 1
+    assert telemetry_gap_text(gaps) == "telemetry gap: 1 sample missed in 1 gap (largest 1)"
+    gaps.missing, gaps.gaps, gaps.largest_gap, gaps.publisher_dropped_total = 70, 2, 66, 66
+    gaps.last_gap = TelemetryGap("s", 10, 77, 66, "2026-12-02T10:18:08.210+00:00")
+    assert telemetry_gap_text(gaps) == (
+        "telemetry gap: 70 samples missed in 2 gaps (largest 66, last at 10:18:08 UTC); "
+        "the controller could not send 66 telemetry samples in this run")

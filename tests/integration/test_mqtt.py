@@ -39,6 +39,7 @@ from syncctl.bus import (
     RoomState,
     Status,
     Telemetry,
+    TelemetrySequence,
     Topics,
     load_users,
 )
@@ -447,8 +448,11 @@ async def test_a_broker_outage_does_not_touch_the_fraction_and_loses_no_event(
                 assert time.monotonic() < deadline, "no TREATING in time"
                 await asyncio.sleep(0.02)
             seq_before = max(e.seq for e in viewer.events)
-            gaps: list[int] = []
-            viewer.on(Telemetry, lambda t: gaps.append(t.dropped) if t.dropped else None)
+            samples: list[Telemetry] = []
+            viewer.on(Telemetry, samples.append)
+            while not samples:
+                assert time.monotonic() < deadline, "no telemetry before the outage"
+                await asyncio.sleep(0.01)
             broker.kill()
             assert await viewer.bus.wait_disconnected(5)
             # The outage: the fraction goes on, events queue up, telemetry is dropped.
@@ -456,10 +460,16 @@ async def test_a_broker_outage_does_not_touch_the_fraction_and_loses_no_event(
             assert demo.poll() is None, "the fraction ended during the outage: make it longer"
             await asyncio.to_thread(broker.start)  # its own event loop, in a thread
             assert await viewer.bus.wait_connected(10)
-            # The first telemetry after the publisher's reconnect names the gap (asserted in
-            # test_the_outbox_resends_what_the_broker_missed); this subscriber may reconnect
-            # after that message and miss it, so here it is only reported.
-            print(f"broker down {OUTAGE_S:g} s; telemetry gaps seen by the subscriber: {gaps}")
+            deadline = time.monotonic() + 10
+            while viewer.telemetry_gaps.last_gap is None:
+                assert time.monotonic() < deadline, "no telemetry gap seen after the outage"
+                await asyncio.sleep(0.01)
+            # A subscriber that starts after the outage learns of it from any message.
+            async with client_of(broker, "viewer1") as late:
+                while late.telemetry is None:
+                    assert time.monotonic() < deadline, "no telemetry for a late subscriber"
+                    await asyncio.sleep(0.01)
+                late_gaps = late.telemetry_gaps
             out, _ = await asyncio.to_thread(finish, demo, 90 + 6 * OUTAGE_S)
         finally:
             if demo.poll() is None:
@@ -475,6 +485,35 @@ async def test_a_broker_outage_does_not_touch_the_fraction_and_loses_no_event(
     seqs = sorted(e.seq for e in viewer.events)
     assert seqs == list(range(1, seqs[-1] + 1))
     assert seqs[-1] > seq_before
+    # The subscriber saw the telemetry gap, whichever message was lost, and its size agrees
+    # with the publisher's own count of what it could not send (dropped_total).
+    gaps, gap = viewer.telemetry_gaps, viewer.telemetry_gaps.last_gap
+    assert gap is not None
+    before = next(t for t in samples if t.seq == gap.after_seq)
+    after = next(t for t in samples if t.seq == gap.seq)
+    last = samples[-1]
+    print(f"broker down {OUTAGE_S:g} s; telemetry gap seen by the subscriber: {gap.size} "
+          f"missed (seq {gap.after_seq + 1}..{gap.seq - 1}, {after.t_s - before.t_s:.2f} s), "
+          f"{gap.not_sent} of them not sent (dropped_total {before.dropped_total} -> "
+          f"{after.dropped_total}), {gap.lost_in_transit} lost in transit; subscriber "
+          f"received {gaps.received}, {gaps.gaps} gap(s); last seq {last.seq}, dropped_total "
+          f"{last.dropped_total}; a late subscriber: publisher_dropped_total "
+          f"{late_gaps.publisher_dropped_total}, {late_gaps.gaps} gap(s)")
+    assert {t.stream for t in samples} == {gap.stream} and gaps.restarts == 0
+    assert (gaps.gaps, gaps.missing, gaps.out_of_order) == (1, gap.size, 0)  # one outage
+    # what the publisher dropped during the outage (its dropped_total grew by that, and
+    # never again) is all inside the gap (before it, it may have dropped some at its start,
+    # while it was connecting)
+    assert gap.not_sent == after.dropped_total - before.dropped_total == gaps.not_sent
+    assert last.dropped_total == after.dropped_total
+    assert gap.not_sent >= 0.5 * OUTAGE_S * 30  # 30 samples a second, down at least OUTAGE_S
+    assert gap.not_sent <= gap.size
+    # the rest was sent while this subscriber was not (yet) back: at most about a second
+    assert gap.lost_in_transit <= 45, gap
+    # at most one sample per frame period of the publisher's clock
+    assert gap.size + 1 <= (after.t_s - before.t_s) * 30 + 1
+    # a subscriber started after the outage missed nothing, but knows what was never sent
+    assert late_gaps.gaps == 0 and late_gaps.publisher_dropped_total == last.dropped_total
     kinds = [e.kind for e in sorted(viewer.events, key=lambda e: e.seq)]
     assert "mode_changed" in kinds and kinds[-1] == "service_stopped"
     assert any(e.message == "TREATING -> COMPLETE (complete)" for e in viewer.events)
@@ -594,9 +633,11 @@ async def test_the_outbox_resends_what_the_broker_missed(broker: Broker) -> None
                                     kind="trip", rule_ids=[], message=f"event {seq}",
                                     operator=None, mode="FAULT")
 
+            samples = TelemetrySequence("outbox-test")
             publisher.publish(event(1))
+            assert samples.publish(publisher, **sample(1.0))
             deadline = time.monotonic() + 10
-            while len(viewer.events) < 1:
+            while len(viewer.events) < 1 or viewer.telemetry is None:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
             await link.cut()
@@ -607,9 +648,10 @@ async def test_the_outbox_resends_what_the_broker_missed(broker: Broker) -> None
                 await asyncio.sleep(0.01)
             for seq in range(2, 7):
                 assert publisher.publish(event(seq))  # taken: kept in the outbox
-            telemetry = [publisher.publish(sample(t)) for t in (1.0, 2.0, 3.0)]
+            telemetry = [samples.publish(publisher, **sample(t)) for t in (2.0, 3.0, 4.0)]
             assert telemetry == [False, False, False]  # dropped while down, and counted
             assert publisher.outbox_size_now == 5 and publisher.stats.telemetry_dropped == 3
+            assert samples.dropped_total == 3
             assert len(viewer.events) == 1
             await link.restore()
             assert await publisher.wait_connected(10)
@@ -619,22 +661,28 @@ async def test_the_outbox_resends_what_the_broker_missed(broker: Broker) -> None
             assert [e.seq for e in viewer.events] == [1, 2, 3, 4, 5, 6]  # in order, no gap
             assert publisher.stats.events_resent == 5
             assert publisher.stats.events_acknowledged == 6
-            assert publisher.publish(sample(4.0))
-            while viewer.telemetry is None:
+            assert samples.publish(publisher, **sample(5.0))
+            while viewer.telemetry.seq < 5:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.01)
-            assert (viewer.telemetry.t_s, viewer.telemetry.dropped) == (4.0, 3)
+            assert (viewer.telemetry.t_s, viewer.telemetry.dropped_total) == (5.0, 3)
+            gaps = viewer.telemetry_gaps
+            assert gaps.last_gap is not None and (gaps.gaps, gaps.missing, gaps.not_sent) == (
+                1, 3, 3)
+            assert (gaps.last_gap.after_seq, gaps.last_gap.seq) == (1, 5)
     finally:
         await publisher.close()
         with contextlib.suppress(AssertionError):
             await link.cut()
 
 
-def sample(t: float) -> Telemetry:
-    return Telemetry(room=ROOM_ID, t_s=t, utc="u", target_mm=None, tracking_confidence=None,
-                     window_centre_mm=None, window_shape="box", window_size_mm=[5.0, 5.0, 5.0],
-                     inside=False, gate_command="close", gate_readback_open=None,
-                     spill_active=None, delivered_dose_mu=None, frame_age_ms=None)
+def sample(t: float) -> dict[str, object]:
+    """A telemetry sample without its publisher's counters (``TelemetrySequence`` adds them)."""
+    return {"room": ROOM_ID, "t_s": t, "utc": "u", "target_mm": None,
+            "tracking_confidence": None, "window_centre_mm": None, "window_shape": "box",
+            "window_size_mm": [5.0, 5.0, 5.0], "inside": False, "gate_command": "close",
+            "gate_readback_open": None, "spill_active": None, "delivered_dose_mu": None,
+            "frame_age_ms": None}
 
 
 # --- TLS, as configs/mosquitto/README.md says to set it up -----------------------------------

@@ -1,4 +1,5 @@
-"""Payloads, topics, roles and the users file, sessions, and the in-process bus."""
+"""Payloads, topics, roles and the users file, sessions, the in-process bus, and telemetry
+gaps as a subscriber counts them."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ from syncctl.bus import (
     MqttSettings,
     RoomContext,
     RoomState,
+    Route,
     Sessions,
     Status,
     Telemetry,
+    TelemetrySequence,
     Topics,
     Users,
     UsersFileError,
@@ -39,7 +42,9 @@ from syncctl.bus import (
     read_credentials,
 )
 from syncctl.bus.bus import CredentialsError
+from syncctl.bus.messages import MAX_SEQ
 from syncctl.config import load_room
+from syncctl.console.logic import telemetry_gap_text
 from syncctl.core import RULES, Mode, RuleClass
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -299,12 +304,19 @@ def test_bad_credentials_files_are_refused(tmp_path: Path, text: str) -> None:
 # --- the in-process bus ---------------------------------------------------------------------------
 
 
-def telemetry(t: float) -> Telemetry:
-    return Telemetry(room="sim-1", t_s=t, utc="u", target_mm=(0.0, 0.0, 0.0),
-                     tracking_confidence=0.9, window_centre_mm=None, window_shape="box",
-                     window_size_mm=[5.0, 5.0, 5.0], inside=False, gate_command="close",
-                     gate_readback_open=False, spill_active=False, delivered_dose_mu=None,
-                     frame_age_ms=10.0)
+def sample_fields(t: float) -> dict[str, object]:
+    """A telemetry sample without its publisher's counters."""
+    return {"room": "sim-1", "t_s": t, "utc": f"2026-12-02T10:00:{t:06.3f}+00:00",
+            "target_mm": (0.0, 0.0, 0.0), "tracking_confidence": 0.9,
+            "window_centre_mm": None, "window_shape": "box", "window_size_mm": [5.0, 5.0, 5.0],
+            "inside": False, "gate_command": "close", "gate_readback_open": False,
+            "spill_active": False, "delivered_dose_mu": None, "frame_age_ms": 10.0}
+
+
+def telemetry(t: float, seq: int = 1, dropped_total: int = 0, stream: str = "run-1"
+              ) -> Telemetry:
+    return Telemetry.model_validate({**sample_fields(t), "stream": stream, "seq": seq,
+                                     "dropped_total": dropped_total})
 
 
 @pytest.mark.asyncio
@@ -326,16 +338,185 @@ async def test_in_process_bus_delivers_retains_and_bounds() -> None:
 
 
 @pytest.mark.asyncio
-async def test_telemetry_says_how_many_were_dropped_while_down() -> None:
+async def test_every_telemetry_message_counts_what_was_dropped_before_it() -> None:
     bus = InProcessBus(TOPICS)
     sub = bus.subscribe(TOPICS.telemetry)
+    publisher = TelemetrySequence("run-1")
+    assert publisher.publish(bus, **sample_fields(1.0))
     bus._set_connected(False)  # what an MQTT bus does when its link fails
-    assert not bus.publish(telemetry(1.0)) and not bus.publish(telemetry(2.0))
+    assert not publisher.publish(bus, **sample_fields(2.0))
+    assert not publisher.publish(bus, **sample_fields(3.0))
     bus._set_connected(True)
-    assert bus.publish(telemetry(3.0)) and bus.publish(telemetry(4.0))
-    received = [decode(i.payload, Telemetry) for i in (sub.get_nowait(), sub.get_nowait()) if i]
-    assert [(t.t_s, t.dropped) for t in received] == [(3.0, 2), (4.0, 0)]
+    assert publisher.publish(bus, **sample_fields(4.0))
+    assert publisher.publish(bus, **sample_fields(5.0))
+    received = [decode(i.payload, Telemetry) for i in iter(sub.get_nowait, None)]
+    # numbered as produced, sent or not; the count is cumulative, in every later message
+    assert [(t.t_s, t.stream, t.seq, t.dropped_total) for t in received] == [
+        (1.0, "run-1", 1, 0), (4.0, "run-1", 4, 2), (5.0, "run-1", 5, 2)]
+    assert (publisher.produced, publisher.dropped_total) == (5, 2)
     assert bus.stats.telemetry_dropped == 2
+    wire = json.loads(encode(received[1]))
+    assert wire["schema"] == 2 and "dropped" not in wire
+    # a sample that cannot even be built is produced and not sent: counted the same way
+    with pytest.raises(ValidationError):
+        publisher.publish(bus, **{**sample_fields(6.0), "t_s": "6"})
+    assert publisher.publish(bus, **sample_fields(7.0))
+    item = sub.get_nowait()
+    assert item is not None
+    last = decode(item.payload, Telemetry)
+    assert (last.seq, last.dropped_total) == (7, 3)
+    await bus.close()
+
+
+class LossyBus(InProcessBus):
+    """An in-process bus that loses chosen telemetry messages on the way, as QoS 0 may: the
+    publisher is told they were sent."""
+
+    def __init__(self, topics: Topics) -> None:
+        super().__init__(topics)
+        self.lose: set[int] = set()
+
+    def _send(self, route: Route, payload: bytes) -> bool:
+        if route.delivery is Delivery.TELEMETRY and json.loads(payload)["seq"] in self.lose:
+            return True
+        return super()._send(route, payload)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+async def test_a_subscriber_counts_a_gap_whose_announcing_message_was_lost() -> None:
+    bus = LossyBus(TOPICS)
+    client = BusClient(bus)
+    await client.start()
+    seen: list[int] = []
+    client.on(Telemetry, lambda t: seen.append(t.seq))
+    publisher = TelemetrySequence("run-1")
+    for t in (1.0, 2.0):
+        assert publisher.publish(bus, **sample_fields(t))
+    await settle()
+    gaps = client.telemetry_gaps
+    assert (gaps.received, gaps.gaps, gaps.missing) == (2, 0, 0)  # none: no gap, no words
+    assert telemetry_gap_text(gaps) == ""
+    bus._set_connected(False)
+    for t in (3.0, 4.0, 5.0):  # not sent: counted by the publisher
+        assert not publisher.publish(bus, **sample_fields(t))
+    bus._set_connected(True)
+    bus.lose = {6}  # the first message after the outage, the one saying "3 dropped", is lost
+    for t in (6.0, 7.0, 8.0):
+        assert publisher.publish(bus, **sample_fields(t))
+    await settle()
+    assert seen == [1, 2, 7, 8]
+    assert (gaps.received, gaps.gaps, gaps.missing, gaps.largest_gap) == (4, 1, 4, 4)
+    assert (gaps.not_sent, gaps.lost_in_transit, gaps.publisher_dropped_total) == (3, 1, 3)
+    assert gaps.last_gap is not None
+    assert (gaps.last_gap.after_seq, gaps.last_gap.seq, gaps.last_gap.size) == (2, 7, 4)
+    assert gaps.last_gap.utc == sample_fields(7.0)["utc"]
+    assert client.telemetry is not None and client.telemetry.seq == 8
+    assert telemetry_gap_text(gaps) == (
+        "telemetry gap: 4 samples missed in 1 gap (largest 4, last at 10:00:07 UTC); "
+        "the controller could not send 3 telemetry samples in this run")
+    # A second, smaller gap: counted, the largest stays.
+    bus.lose = {9}
+    for t in (9.0, 10.0):
+        publisher.publish(bus, **sample_fields(t))
+    await settle()
+    assert (gaps.gaps, gaps.missing, gaps.largest_gap, gaps.not_sent) == (2, 5, 4, 3)
+    await client.close()
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_late_subscriber_learns_what_the_publisher_dropped_before_it() -> None:
+    bus = InProcessBus(TOPICS)
+    publisher = TelemetrySequence("run-1")
+    bus._set_connected(False)
+    for t in range(4):
+        publisher.publish(bus, **sample_fields(float(t)))
+    bus._set_connected(True)
+    for t in range(4, 9):
+        publisher.publish(bus, **sample_fields(float(t)))  # nobody listens yet
+    client = BusClient(bus)
+    await client.start()
+    publisher.publish(bus, **sample_fields(9.0))
+    await settle()
+    gaps = client.telemetry_gaps
+    # what came before its first message was not this subscriber's to miss, but it knows
+    assert (gaps.received, gaps.gaps, gaps.missing, gaps.last_seq) == (1, 0, 0, 10)
+    assert gaps.publisher_dropped_total == 4
+    assert telemetry_gap_text(gaps) == (
+        "the controller could not send 4 telemetry samples in this run")
+    await client.close()
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_a_restarted_publisher_is_a_new_stream() -> None:
+    bus = InProcessBus(TOPICS)
+    client = BusClient(bus)
+    await client.start()
+    for seq in (1, 2, 3):
+        bus.publish(telemetry(float(seq), seq=seq, stream="run-1"))
+    bus.publish(telemetry(4.0, seq=1, stream="run-2"))  # restarted, first message received
+    await settle()
+    gaps = client.telemetry_gaps
+    assert (gaps.restarts, gaps.gaps, gaps.stream, gaps.last_seq) == (1, 0, "run-2", 1)
+    assert client.telemetry is not None and client.telemetry.stream == "run-2"
+    # restarted again; its first three messages missed (one of them not sent)
+    bus.publish(telemetry(5.0, seq=4, dropped_total=1, stream="run-3"))
+    await settle()
+    assert (gaps.restarts, gaps.gaps, gaps.missing, gaps.not_sent) == (2, 1, 3, 1)
+    assert gaps.last_gap is not None and (gaps.last_gap.after_seq, gaps.last_gap.seq) == (0, 4)
+    # an older stream heard again (a second publisher for the room) goes on where it was
+    bus.publish(telemetry(6.0, seq=4, stream="run-2"))
+    await settle()
+    assert (gaps.restarts, gaps.gaps, gaps.missing, gaps.largest_gap) == (2, 2, 5, 3)
+    assert gaps.stream == "run-2" and gaps.publisher_dropped_total == 0
+    await client.close()
+    await bus.close()
+
+
+@pytest.mark.asyncio
+async def test_telemetry_out_of_order_and_what_is_not_telemetry_of_this_version() -> None:
+    bus = InProcessBus(TOPICS)
+    client = BusClient(bus)
+    await client.start()
+    seen: list[int] = []
+    client.on(Telemetry, lambda t: seen.append(t.seq))
+    for seq in (1, 2, 3, 3, 2):  # a duplicate and a late one: no gap, no step back
+        bus.publish(telemetry(float(seq), seq=seq))
+    await settle()
+    gaps = client.telemetry_gaps
+    assert seen == [1, 2, 3] and client.telemetry is not None and client.telemetry.seq == 3
+    assert (gaps.received, gaps.out_of_order, gaps.gaps, gaps.last_seq) == (5, 2, 0, 3)
+    assert telemetry_gap_text(gaps) == "2 telemetry samples out of order"
+    # Never wraps: sequence numbers stay within exact JSON integers, and a message cannot
+    # say it follows more dropped ones than were produced before it.
+    assert MAX_SEQ == 2**53
+    big = telemetry(4.0, seq=MAX_SEQ, dropped_total=MAX_SEQ - 1)
+    assert big.seq == MAX_SEQ
+    with pytest.raises(ValidationError, match="less than or equal"):
+        telemetry(4.0, seq=MAX_SEQ + 1)
+    with pytest.raises(ValidationError, match="below seq"):
+        telemetry(4.0, seq=3, dropped_total=3)
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        telemetry(4.0, seq=0)
+    # Version 1 (a count in one message only) is another version: refused, not guessed at.
+    version_1 = {**json.loads(encode(telemetry(5.0, seq=5))), "schema": 1, "dropped": 3}
+    for key in ("stream", "seq", "dropped_total"):
+        del version_1[key]
+    for payload in (version_1, {k: v for k, v in json.loads(encode(telemetry(5.0, seq=5)))
+                                .items() if k != "seq"}):
+        with pytest.raises(ValidationError):
+            Telemetry.model_validate(payload)
+        bus._send(TOPICS.route(telemetry(0.0)), json.dumps(payload).encode())
+    await settle()
+    assert client.invalid_payloads == 2
+    assert (gaps.received, gaps.last_seq) == (5, 3) and seen == [1, 2, 3]
+    await client.close()
     await bus.close()
 
 

@@ -154,7 +154,32 @@ async def test_an_operator_runs_a_fraction_over_the_bus(room: Room) -> None:
     assert 10 < rate <= 35, rate
     assert room.controller.stats.cycles / span > 3 * rate
     assert any(t.gate_command == "open" and t.inside for t in samples)
-    assert all(t.dropped == 0 for t in samples)
+    # numbered in the service's stream, from 1 without a gap, nothing dropped
+    assert [t.seq for t in samples] == list(range(1, len(samples) + 1))
+    assert {t.stream for t in samples} == {room.service.stream}
+    assert all(t.dropped_total == 0 for t in samples)
+    gaps = client.telemetry_gaps
+    assert (gaps.received, gaps.gaps, gaps.missing) == (len(samples), 0, 0)
+
+
+@pytest.mark.asyncio
+async def test_telemetry_dropped_while_the_bus_is_down_is_counted_on_both_sides(
+        room: Room) -> None:
+    client, service = room.client, room.service
+    await room.until(lambda: client.telemetry_gaps.received >= 3)
+    room.bus._set_connected(False)  # as an MQTT bus whose link failed
+    await room.until(lambda: service.stats.telemetry_dropped >= 5)
+    room.bus._set_connected(True)
+    await room.until(lambda: client.telemetry_gaps.gaps >= 1)
+    gaps = client.telemetry_gaps
+    dropped = service.telemetry_sequence.dropped_total
+    assert dropped == service.stats.telemetry_dropped >= 5
+    # in one process nothing is lost on the way: every missed message is one not sent
+    assert (gaps.gaps, gaps.missing, gaps.not_sent, gaps.lost_in_transit) == (
+        1, dropped, dropped, 0)
+    assert gaps.publisher_dropped_total == dropped and gaps.stream == service.stream
+    assert client.telemetry is not None and client.telemetry.dropped_total == dropped
+    assert service.telemetry_sequence.produced >= client.telemetry.seq
 
 
 @pytest.mark.asyncio

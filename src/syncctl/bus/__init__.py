@@ -32,6 +32,7 @@ from syncctl.bus.client import BusClient, LoginRefused, NotLoggedIn
 from syncctl.bus.messages import (
     ROLES,
     SCHEMA,
+    TELEMETRY_SCHEMA,
     Ack,
     AlarmEntry,
     Alarms,
@@ -52,6 +53,7 @@ from syncctl.bus.messages import (
     encode,
     utc_now,
 )
+from syncctl.bus.telemetry import TelemetryGap, TelemetryGaps, TelemetrySequence
 from syncctl.bus.topics import ANONYMOUS, Delivery, Route, Topics, matches
 
 __all__ = [
@@ -59,6 +61,7 @@ __all__ = [
     "PERMISSIONS",
     "ROLES",
     "SCHEMA",
+    "TELEMETRY_SCHEMA",
     "Ack",
     "AlarmEntry",
     "Alarms",
@@ -90,6 +93,9 @@ __all__ = [
     "Status",
     "Subscription",
     "Telemetry",
+    "TelemetryGap",
+    "TelemetryGaps",
+    "TelemetrySequence",
     "Topics",
     "User",
     "Users",

@@ -13,8 +13,8 @@ on the delivery class (``Delivery``):
 - events go into an outbox and stay there until the broker acknowledged them (QoS 1 PUBACK);
   after a reconnect everything not acknowledged is sent again, in order (a subscriber drops
   duplicates by ``seq``);
-- telemetry is dropped while the link is down and the next one sent carries the count in
-  ``dropped``;
+- telemetry is dropped while the link is down (``publish`` returns False); its publisher
+  counts that in the next messages' ``dropped_total`` (``syncctl.bus.telemetry``);
 - acks and commands are sent only while connected (``publish`` returns False otherwise).
 
 A subscription is a bounded queue of ``Received`` (topic and raw payload): the receiver
@@ -37,7 +37,7 @@ from typing import Any
 import aiomqtt
 import yaml
 
-from syncctl.bus.messages import Message, Status, Telemetry, encode
+from syncctl.bus.messages import Message, Status, encode
 from syncctl.bus.topics import Delivery, Route, Topics, matches
 from syncctl.config import RoomConfig
 
@@ -130,7 +130,6 @@ class Bus(ABC):
         self.topics = topics
         self.stats = BusStats()
         self._subscriptions: list[Subscription] = []
-        self._telemetry_dropped = 0
         self._up = asyncio.Event()
         self._down = asyncio.Event()
         self._down.set()
@@ -184,16 +183,8 @@ class Bus(ABC):
             return False
 
     def _publish_telemetry(self, route: Route, message: Message) -> bool:
-        if not self.connected:
-            self._telemetry_dropped += 1
-            self.stats.telemetry_dropped += 1
-            return False
-        if self._telemetry_dropped and isinstance(message, Telemetry):
-            message = message.model_copy(update={"dropped": self._telemetry_dropped})
-        if self._send(route, encode(message)):
-            self._telemetry_dropped = 0
+        if self.connected and self._send(route, encode(message)):
             return True
-        self._telemetry_dropped += 1
         self.stats.telemetry_dropped += 1
         return False
 

@@ -8,11 +8,15 @@
     ack = await client.send("select_plan", plan_id="lung-01")
     async for event in client.stream(EventMessage): ...
     client.state, client.interlocks, client.alarms, client.status   # latest retained values
+    client.telemetry, client.telemetry_gaps    # latest telemetry; what was missed of it
 
 Every payload is validated before it is handed on (an invalid one is counted in
 ``invalid_payloads`` and dropped). Events are de-duplicated by ``(stream, seq)`` and gaps are
 filled from the retained backlog (``events/recent``); ``events`` holds them in order and
-``missing`` lists the sequence numbers not (yet) seen in the current stream.
+``missing`` lists the sequence numbers not (yet) seen in the current stream. Telemetry cannot
+be filled in: ``telemetry_gaps`` (``syncctl.bus.telemetry.TelemetryGaps``) counts the messages
+missed by ``seq``, how many of them the publisher never sent, and stream restarts; a telemetry
+message not newer than the last one of its stream is counted there and not handed on.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from syncctl.bus.messages import (
     Telemetry,
     decode,
 )
+from syncctl.bus.telemetry import TelemetryGaps
 
 log = logging.getLogger("syncctl.bus.client")
 
@@ -75,6 +80,7 @@ class BusClient:
         self.alarms: Alarms | None = None
         self.status: Status | None = None
         self.telemetry: Telemetry | None = None
+        self.telemetry_gaps = TelemetryGaps()
         self.events: deque[EventMessage] = deque(maxlen=history)
         self.invalid_payloads = 0
         self._seq = 0
@@ -254,6 +260,8 @@ class BusClient:
         elif isinstance(message, Status):
             self.status = message
         elif isinstance(message, Telemetry):
+            if not self.telemetry_gaps.add(message):
+                return  # a duplicate or late: counted, not the latest
             self.telemetry = message
         self._hand_on(message)
 

@@ -1,7 +1,8 @@
 """Every payload on the bus, as strict pydantic v2 models (unknown keys are errors).
 
-Each model carries ``schema`` (the payload's version, 1 for all of them now): a subscriber that
-meets a version it does not know must not guess. Payloads are UTF-8 JSON (``encode`` /
+Each model carries ``schema`` (the payload's version: 2 for ``Telemetry``, which gained its
+sequence number and cumulative drop count, 1 for all the others): a subscriber that meets a
+version it does not know must not guess. Payloads are UTF-8 JSON (``encode`` /
 ``decode``); times are ISO 8601 UTC strings (``utc``) and, where a rate matters, the
 controller's monotonic seconds (``t_s``). Enumerated values are plain strings (``Literal``) so
 that the JSON is the documentation: docs/bus.md shows real examples of every payload.
@@ -15,7 +16,14 @@ from typing import Annotated, Any, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 SCHEMA = 1
-"""The version of every payload defined here."""
+"""The version of every payload defined here except ``Telemetry`` (``TELEMETRY_SCHEMA``)."""
+TELEMETRY_SCHEMA: Literal[2] = 2
+"""Telemetry's version: 2 since it carries ``stream``, ``seq`` and ``dropped_total`` (version 1
+had only ``dropped``, the count since the previous message, which a subscriber that missed
+that one message never learnt)."""
+MAX_SEQ = 2**53
+"""Sequence numbers stay exact in any JSON reader (IEEE doubles); none wraps: at 30 telemetry
+messages a second a stream reaches it after millions of years."""
 
 ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 """Operator, room and plan ids: no MQTT wildcard or level separator can appear in one."""
@@ -82,7 +90,7 @@ class CommandEnvelope(Message):
     role: Role
     room: Id
     session: Annotated[str, Field(pattern=SESSION_PATTERN)]
-    seq: Annotated[int, Field(ge=1, le=2**53)]
+    seq: Annotated[int, Field(ge=1, le=MAX_SEQ)]
     plan_id: Id | None = None
     """select_plan only."""
     pin: Annotated[str, Field(min_length=1, max_length=128)] | None = None
@@ -224,10 +232,24 @@ class Alarms(Message):
 
 
 class Telemetry(Message):
-    """``<prefix>/<room>/telemetry`` at the imaging frame rate, QoS 0, may be dropped:
-    ``dropped`` counts the telemetry messages of this publisher not sent since the last one."""
+    """``<prefix>/<room>/telemetry`` at the imaging frame rate, QoS 0, may be dropped or lost.
 
+    Every message counts: ``seq`` numbers every telemetry message the publisher produced in its
+    ``stream`` (the room service's run, as for events), sent or not, from 1 without gaps;
+    ``dropped_total`` is how many of the ones before it the publisher could not send (link
+    down, queue full). A subscriber that sees ``seq`` jump missed messages: the jump of
+    ``dropped_total`` across the gap is the part the publisher never sent, the rest was lost
+    on the way (``syncctl.bus.telemetry.TelemetryGaps``). Both counters are cumulative, so
+    a subscriber learns of a loss from any later message, not only from the next one.
+    """
+
+    schema_version: Literal[2] = Field(  # type: ignore[assignment]  # telemetry's own version
+        default=TELEMETRY_SCHEMA, alias="schema")
     room: str
+    stream: str
+    """One run of the room service (the events' ``stream``): ``seq`` starts again at 1."""
+    seq: Annotated[int, Field(ge=1, le=MAX_SEQ)]
+    dropped_total: Annotated[int, Field(ge=0, le=MAX_SEQ)]
     t_s: float
     """Controller monotonic time of the sampled cycle."""
     utc: str
@@ -246,7 +268,12 @@ class Telemetry(Message):
     spill_active: bool | None
     delivered_dose_mu: float | None
     frame_age_ms: float | None
-    dropped: Annotated[int, Field(ge=0)] = 0
+
+    @model_validator(mode="after")
+    def _no_more_dropped_than_produced(self) -> Telemetry:
+        if self.dropped_total >= self.seq:
+            raise ValueError("dropped_total counts messages before this one: below seq")
+        return self
 
 
 EventKindName = Literal[

@@ -49,7 +49,7 @@ class Delivery(Enum):
     EVENT = "event"
     """Kept in the outbox until the broker acknowledged it; re-sent after a reconnect."""
     TELEMETRY = "telemetry"
-    """Dropped when the link is down; the next one says how many were dropped."""
+    """Dropped when the link is down (the publisher counts it in ``dropped_total``)."""
     TRANSIENT = "transient"
     """Acks and commands: sent while connected, otherwise refused (counted)."""
 

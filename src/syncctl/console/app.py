@@ -24,7 +24,14 @@ from textual.widgets import Button, Footer, Input, Label, OptionList, ProgressBa
 
 from syncctl.bus import Ack, BusClient, LoginRefused, Role, RoomState, Telemetry
 from syncctl.bus.messages import ROLES
-from syncctl.console.logic import ACTIONS, ACTIONS_BY_COMMAND, AXES, Trace, why_not
+from syncctl.console.logic import (
+    ACTIONS,
+    ACTIONS_BY_COMMAND,
+    AXES,
+    Trace,
+    telemetry_gap_text,
+    why_not,
+)
 from syncctl.core import RULES_BY_ID, RuleClass
 
 Bindings = list[Binding | tuple[str, str] | tuple[str, str, str]]
@@ -411,8 +418,9 @@ class MainScreen(Screen[None]):
             problems.append("CONTROLLER OFFLINE: the values shown are the last known")
         if c.client.state is None:
             problems.append("waiting for the room's state")
-        if c.trace.dropped:
-            problems.append(f"telemetry gaps: {c.trace.dropped} samples dropped")
+        telemetry_gap = telemetry_gap_text(c.client.telemetry_gaps)
+        if telemetry_gap:
+            problems.append(telemetry_gap)
         missing = c.client.missing
         if missing:
             problems.append(f"event gap: {len(missing)} events missing (seq {missing[0]}..)")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from syncctl.bus import RoomContext, RoomState, Telemetry, authorise
+from syncctl.bus import RoomContext, RoomState, Telemetry, TelemetryGaps, authorise
 from syncctl.core import Mode
 from syncctl.core.modes import NOT_ALLOWED, TRANSITIONS, Trigger, next_mode
 
@@ -78,6 +78,32 @@ def why_not(command: str, role: str | None, state: RoomState | None, room_id: st
     return ""
 
 
+# --- telemetry gaps ------------------------------------------------------------------------------
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def telemetry_gap_text(gaps: TelemetryGaps) -> str:
+    """"" while no telemetry was missed, else the banner's words: the samples this console
+    missed (``BusClient.telemetry_gaps``: from the sequence numbers, so whichever message was
+    lost), and how many the controller says it could not send in its current run (known from
+    any message, also what it dropped before this console started)."""
+    parts = []
+    if gaps.missing:
+        last = gaps.last_gap
+        when = f", last at {last.utc[11:19]} UTC" if last is not None and last.utc else ""
+        parts.append(f"telemetry gap: {_plural(gaps.missing, 'sample')} missed in "
+                     f"{_plural(gaps.gaps, 'gap')} (largest {gaps.largest_gap}{when})")
+    if gaps.publisher_dropped_total:
+        parts.append(f"the controller could not send {gaps.publisher_dropped_total} "
+                     "telemetry samples in this run")
+    if gaps.out_of_order:
+        parts.append(f"{_plural(gaps.out_of_order, 'telemetry sample')} out of order")
+    return "; ".join(parts)
+
+
 # --- the gating trace --------------------------------------------------------------------------
 
 
@@ -102,10 +128,8 @@ class Trace:
         self.span_s = span_s
         self.axis = axis
         self.samples: deque[Sample] = deque(maxlen=maxlen)
-        self.dropped = 0
 
     def add(self, t: Telemetry) -> None:
-        self.dropped += t.dropped
         offset = half = None
         if t.target_mm is not None and t.window_centre_mm is not None:
             offset = t.target_mm[self.axis] - t.window_centre_mm[self.axis]

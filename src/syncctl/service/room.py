@@ -17,9 +17,11 @@ which runs before the service's listener in the same cycle, so the audit trail a
 event before the bus does.
 
 Outbound: retained state, interlocks and alarms on change; telemetry at the imaging frame
-rate; numbered events (and the backlog of recent ones). The controller's listener runs 1000
-times a second and only compares and enqueues (bounded, non-blocking); the work happens in
-the service's own task, so a slow or broken bus never slows the control cycle.
+rate, numbered in the service's stream with a cumulative count of the ones the bus did not
+take (``syncctl.bus.telemetry``); numbered events (and the backlog of recent ones). The
+controller's listener runs 1000 times a second and only compares and enqueues (bounded,
+non-blocking); the work happens in the service's own task, so a slow or broken bus never
+slows the control cycle.
 """
 
 from __future__ import annotations
@@ -58,7 +60,7 @@ from syncctl.bus import (
     Shelf,
     Status,
     Subscription,
-    Telemetry,
+    TelemetrySequence,
     Users,
     authorise,
     utc_now,
@@ -121,6 +123,8 @@ class ServiceStats:
     commands_received: int = 0
     events_published: int = 0
     telemetry_sent: int = 0
+    telemetry_dropped: int = 0
+    """Telemetry messages the bus did not take (link down): the ``dropped_total`` of the next."""
     states_sent: int = 0
     listener_max_s: float = 0.0
 
@@ -176,6 +180,8 @@ class RoomService:
         self.stats = ServiceStats()
         self.sessions = Sessions()
         self.stream = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(4)
+        self.telemetry_sequence = TelemetrySequence(self.stream)
+        """Numbers the telemetry of this stream and counts what the bus did not take."""
         self.latest: ControllerReport | None = None
         self.shelves: dict[str, _ShelfEntry] = {}
         self.events: deque[EventMessage] = deque(maxlen=settings.backlog_size)
@@ -665,8 +671,8 @@ class RoomService:
         if plan is not None:
             t = plan.plan.target
             centre = (t.x_mm, t.y_mm, t.z_mm)
-        sent = self.bus.publish(Telemetry(
-            room=self.settings.room_id, t_s=round(report.now, 4), utc=utc_now(),
+        sent = self.telemetry_sequence.publish(
+            self.bus, room=self.settings.room_id, t_s=round(report.now, 4), utc=utc_now(),
             target_mm=None if im is None else (im.target.x_mm, im.target.y_mm, im.target.z_mm),
             tracking_confidence=None if im is None else round(im.tracking_confidence, 4),
             window_centre_mm=centre, window_shape=shape, window_size_mm=size,
@@ -677,9 +683,11 @@ class RoomService:
             delivered_dose_mu=None if (bg is None or plan is None)
             else round(bg.dose_delivered_mu - plan.dose_baseline_mu, 4),
             frame_age_ms=frame_age,
-        ))
+        )
         if sent:
             self.stats.telemetry_sent += 1
+        else:
+            self.stats.telemetry_dropped += 1
 
     def _publish_backlog(self, force: bool = False) -> None:
         now = self.clock()

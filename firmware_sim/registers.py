@@ -332,6 +332,7 @@ class BeamGateInterface(DeviceInterface):
             "watchdog_tripped": m.watchdog_tripped,
         })
         b.set("dose_delivered", m.dose_mu)
+        b.set("dose_preset_readback", m.dose_preset_mu)
         b.set_raw("gate_command", int(m.gate_command))
         b.set("dose_preset", m.dose_preset_mu)
 

@@ -90,7 +90,9 @@ class ScriptedRoom:
     # device state
     gate_open: bool = False
     dose_mu: float = 0.0
-    dose_preset_mu: float = math.inf
+    dose_preset_mu: float = 0.0
+    """The hardware dose limit, 0 at power-up as in the firmware: the gate opens only once a
+    preset above the counted dose is loaded."""
     mas: float = 0.0
     exposing: bool = False
     frame_counter: int = 0
@@ -108,6 +110,15 @@ class ScriptedRoom:
         default_factory=lambda: ImagingReading(None, None, healthy=False))
     # ground truth accumulated
     dose_outside_window_mu: float = 0.0
+
+    def reboot_beam_gate(self) -> None:
+        """Power-cycle the beam-gate controller: dose counter, dose preset, heartbeat echo and
+        gate back to their power-up values (0, 0, 0, closed)."""
+        self.dose_mu = 0.0
+        self.dose_preset_mu = 0.0
+        self.heartbeat = 0
+        self.gate_open = False
+        self._gate_cmd = GateCommand.CLOSE
 
     def spill_active(self, t: float) -> bool:
         cycle = self.spill_on_s + self.spill_off_s
@@ -165,6 +176,7 @@ class ScriptedRoom:
             estop_released="estop" not in self.faults,
             watchdog_tripped=False,
             dose_delivered_mu=round(self.dose_mu, 2),
+            dose_preset_mu=round(self.dose_preset_mu, 2),
             fault_code=0,
             heartbeat_echo=self.heartbeat,
         )

@@ -129,7 +129,7 @@ def test_a_rehearsal_passes_end_to_end(tmp_path: Path) -> None:
     assert identity["beam_gate"]["identity"] == "0x4247"
     assert identity["imaging"]["identity"] == "0x5849"
     registers = steps["registers"]["figures"]
-    assert registers["beam_gate"]["registers"] == 12 and registers["imaging"]["registers"] == 22
+    assert registers["beam_gate"]["registers"] == 13 and registers["imaging"]["registers"] == 22
     assert registers["beam_gate"]["failed"] == registers["imaging"]["failed"] == 0
     watchdog = steps["watchdog"]["figures"]
     for slot in ("beam_gate", "imaging"):
@@ -137,6 +137,8 @@ def test_a_rehearsal_passes_end_to_end(tmp_path: Path) -> None:
         assert abs(watchdog[slot]["measured_ms"] - 400) <= 80
     latency = steps["gate_latency"]["figures"]
     assert latency["open_ms"]["count"] == latency["close_ms"]["count"] == 10
+    preset = {c["name"]: c for c in steps["gate_latency"]["checks"]}["dose preset read back"]
+    assert preset["status"] == "passed" and preset["measured"] <= 500
     assert latency["close_ms"]["max"] <= 60
     imaging = steps["imaging"]["figures"]
     assert abs(imaging["frame_rate_device_fps"] - 30) <= 0.6

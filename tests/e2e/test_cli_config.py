@@ -138,7 +138,7 @@ def test_summary_of_the_simulated_room() -> None:
         "room        sim-1  Simulated carbon-ion room",
         "beam gate   modbus-tcp 127.0.0.1:15020 unit 1",
         "            poll 1 ms, timeout 50 ms, 0 retries",
-        "            map registers/beam-gate.yaml (12 registers, word order big)",
+        "            map registers/beam-gate.yaml (13 registers, word order big)",
         "imaging     modbus-rtu /tmp/syncctl-sim-1-xic 115200 8E1 unit 2",
         "            30 fps, 90 kV, 50 mA, 4 ms pulse",
         "            map registers/xray-imaging.yaml (22 registers, word order big)",

@@ -76,18 +76,18 @@ def beam_gate_oracle(w: Words) -> BeamGateStatus | None:
         "ready", "spill_active", "chain_ok", "door_closed", "estop_released",
         "watchdog_tripped")}
     fields = (w.flag("gate_readback"), w.number("dose_delivered"), w.raw("fault_code"),
-              w.raw("heartbeat_echo"), *bits.values())
+              w.raw("heartbeat_echo"), w.number("dose_preset_readback"), *bits.values())
     if any(f is None for f in fields):
         return None
-    gate, dose, fault, echo = fields[:4]
-    assert isinstance(gate, bool) and dose is not None
+    gate, dose, fault, echo, preset = fields[:5]
+    assert isinstance(gate, bool) and dose is not None and preset is not None
     assert isinstance(fault, int) and isinstance(echo, int)
     return BeamGateStatus(
         gate_open_readback=gate, ready=bool(bits["ready"]),
         spill_active=bool(bits["spill_active"]), chain_ok=bool(bits["chain_ok"]),
         door_closed=bool(bits["door_closed"]), estop_released=bool(bits["estop_released"]),
         watchdog_tripped=bool(bits["watchdog_tripped"]), dose_delivered_mu=dose,
-        fault_code=fault, heartbeat_echo=echo)
+        dose_preset_mu=preset, fault_code=fault, heartbeat_echo=echo)
 
 
 def imaging_oracle(w: Words) -> ImagingStatus | None:

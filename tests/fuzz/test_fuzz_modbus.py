@@ -170,7 +170,7 @@ def test_finding_m1_a_value_too_big_for_the_scale_is_a_codec_error(
 
 STATUS = {
     "beam-gate": (ROOM.beam_gate_map, ("gate_readback", "status", "dose_delivered",
-                                       "fault_code", "heartbeat_echo"),
+                                       "fault_code", "heartbeat_echo", "dose_preset_readback"),
                   beam_gate_status, beam_gate_oracle),
     "xray-imaging": (ROOM.imaging_map, (
         "status", "frame_counter", "frame_timestamp_ms", "device_clock_ms", "target_x",
@@ -487,7 +487,8 @@ def _encode_status(client: SignalDevice[Any], status: BeamGateStatus | ImagingSt
         values: dict[str, float] = {
             "gate_readback": int(status.gate_open_readback),
             "dose_delivered": status.dose_delivered_mu, "fault_code": status.fault_code,
-            "heartbeat_echo": status.heartbeat_echo}
+            "heartbeat_echo": status.heartbeat_echo,
+            "dose_preset_readback": status.dose_preset_mu}
         bits = {"ready": status.ready, "spill_active": status.spill_active,
                 "chain_ok": status.chain_ok, "door_closed": status.door_closed,
                 "estop_released": status.estop_released,
@@ -615,7 +616,7 @@ Step: TypeAlias = tuple[str, Answer] | None
 
 @st.composite
 def fuzz_steps(draw: st.DrawFn) -> list[Step]:
-    counts = {"bg": 6, "xi": 18}
+    counts = {"bg": 8, "xi": 18}
     steps: list[Step] = []
     for _ in range(draw(st.integers(1, 12))):
         if draw(st.integers(0, 3)) == 0:
@@ -635,7 +636,7 @@ def test_no_permit_from_a_malformed_answer(steps: list[Step]) -> None:
 async def _run_e2e(steps: list[Step]) -> None:
     room = Room()
     await room.treat()
-    assert room.backends["bg"].status_block.count == 6
+    assert room.backends["bg"].status_block.count == 8
     assert room.backends["xi"].status_block.count == 18
     oracles: dict[str, Callable[[Words], Any]] = {"bg": beam_gate_oracle, "xi": imaging_oracle}
     maps = {"bg": ROOM.beam_gate_map, "xi": ROOM.imaging_map}

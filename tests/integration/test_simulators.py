@@ -93,6 +93,19 @@ def test_partial_write_of_a_32_bit_register_merges_and_bad_values_change_nothing
         bgc.write("input", 0, [1])
 
 
+def test_the_dose_preset_is_read_back_in_the_status_block_and_lost_by_a_reboot() -> None:
+    """Input 8..9 (``dose_preset_readback``) holds what holding 2..3 was loaded with, so one
+    read of the status block shows it; a power cycle loads 0 (the gate then never opens)."""
+    room = load_room(ROOM)
+    bgc = BeamGateInterface(BeamGateModel(), room.beam_gate_map, FakeClock())
+    assert bgc.read("input", 8, 2) == [0, 0]
+    bgc.write("holding", 2, [0x0001, 0x0002])  # 65538 x 0.01 MU
+    assert bgc.read("input", 8, 2) == [0x0001, 0x0002]
+    assert len(bgc.read("input", 0, 10)) == 10  # the whole status block, one read
+    bgc.reboot()
+    assert bgc.model.dose_preset_mu == 0.0 and bgc.read("input", 8, 2) == [0, 0]
+
+
 def test_imaging_settings_are_range_checked() -> None:
     room = load_room(ROOM)
     xic = ImagingInterface(ImagingModel(), room.imaging_map, FakeClock())

@@ -50,6 +50,9 @@ POSITION_LIMIT_MM = 10_000.0
 RULE_IDS = frozenset(r.rule_id for r in RULES)
 
 IMAGING_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD})
+ARMED_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD})
+"""A plan is selected and the fraction can still go on to beam: its hardware dose preset must
+be armed (docs/core.md, "The hardware dose preset")."""
 FRACTION_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD, Mode.COMPLETE})
 DELIVERY_MODES = frozenset({Mode.TREATING, Mode.HOLD})
 IDLE_MODES = frozenset({Mode.OFFLINE, Mode.SAFE})
@@ -134,6 +137,8 @@ def bad_values(snapshot: Snapshot) -> list[str]:
     if bg is not None:
         if not (_finite(bg.dose_delivered_mu) and bg.dose_delivered_mu >= 0):
             found.append(f"beam_gate.dose_delivered_mu={bg.dose_delivered_mu!r}")
+        if not (_finite(bg.dose_preset_mu) and bg.dose_preset_mu >= 0):
+            found.append(f"beam_gate.dose_preset_mu={bg.dose_preset_mu!r}")
         for name in ("fault_code", "heartbeat_echo"):
             if not _uint(getattr(bg, name), UINT16):
                 found.append(f"beam_gate.{name}={getattr(bg, name)!r}")
@@ -203,6 +208,20 @@ class PlanRecord:
     dose_baseline: float
     mas_baseline: float
 
+    @property
+    def dose_preset(self) -> float:
+        """The hardware dose limit this plan needs: absolute, baseline + planned."""
+        return self.dose_baseline + self.plan.planned_dose_mu
+
+
+def preset_read_back(bg: BeamGateStatus | None, plan: PlanRecord | None,
+                     params: CoreParams) -> bool:
+    """The beam gate reads back the plan's dose preset, within one count of its register."""
+    if bg is None or plan is None or not (_finite(bg.dose_preset_mu)
+                                          and _finite(plan.dose_preset)):
+        return False
+    return abs(bg.dose_preset_mu - plan.dose_preset) <= params.dose_preset_tolerance_mu
+
 
 @dataclass(frozen=True)
 class Facts:
@@ -230,6 +249,9 @@ class Facts:
     jump: bool
     bg_echo_ok_at: float | None
     xi_echo_ok_at: float | None
+    preset_armed: bool
+    """The active plan's dose preset has been read back (this step included) since it was
+    selected."""
     terminations: dict[str, str]
     """Termination conditions present, by rule id (spec ids), with the reason."""
     degraded: dict[str, str]
@@ -274,6 +296,11 @@ class History:
     prev_read: tuple[int, Position] | None = None
     plan: PlanRecord | None = None
     plan_active: bool = False
+    preset_armed: bool = False
+    """The active plan's dose preset was read back (in a step after its selection)."""
+    mode: Mode = Mode.OFFLINE
+    """The mode the core claimed after the previous step (the oracle does not re-derive the
+    mode machine; INV-10 checks those claims)."""
     imaging_requested: bool = False
     trip_progress: int | None = None
     """None before any trip; then how far RESTART_AFTER_TRIP has been accepted."""
@@ -408,6 +435,11 @@ class History:
             if elapsed(now_eff, xi_echo) > p.device_watchdog_timeout_s:
                 t["IL-013"] = "imaging heartbeat not echoed"
         plan = self.plan if self.plan_active else None
+        matches = preset_read_back(bg, plan, p)
+        if (plan is not None and bg is not None and self.preset_armed and not matches
+                and self.mode in ARMED_MODES):
+            t["IL-033"] = (f"dose preset reads {bg.dose_preset_mu}, armed at "
+                           f"{plan.dose_preset} in this fraction")
         if plan is not None and bg is not None:
             dose = bg.dose_delivered_mu - plan.dose_baseline
             if dose >= plan.plan.planned_dose_mu:
@@ -449,6 +481,7 @@ class History:
             jump=jump,
             bg_echo_ok_at=bg_echo,
             xi_echo_ok_at=xi_echo,
+            preset_armed=plan is not None and (self.preset_armed or matches),
             terminations=t,
             degraded=degraded,
             bad_values=bad_values(snapshot),
@@ -575,14 +608,19 @@ class History:
             self.xray, self.xray_changed_at = out.xray, f.now
         # the plan is active from its selection until a trip, an abort, a reset, or the
         # acknowledgement of COMPLETE
+        self.preset_armed = f.preset_armed
         if accepted is CommandKind.SELECT_PLAN:
             self.plan_active = True
+            self.preset_armed = False  # a new preset, confirmed only by a later reading
         if any(e.kind is EventKind.MODE_CHANGED and e.mode_to is Mode.FAULT for e in out.events):
             self.plan_active = False
         if accepted in (CommandKind.ABORT, CommandKind.RESET) or (
             accepted is CommandKind.ACKNOWLEDGE and new.mode is Mode.SAFE
         ):
             self.plan_active = False
+        if not self.plan_active:
+            self.preset_armed = False
+        self.mode = new.mode
         self.plan = post.plan
         self.imaging_requested = post.imaging_requested
         self.trip_progress = post.trip_progress
@@ -652,6 +690,8 @@ def inv01_beam_permit_conjunction(
             failed.append("no plan")
         elif post.fraction_dose >= post.plan.plan.planned_dose_mu:
             failed.append(f"fraction dose {post.fraction_dose} reached plan")
+        if not preset_read_back(bg, post.plan, p):
+            failed.append(f"dose preset reads {bg.dose_preset_mu}, not the plan's")
     if f.xi is not None:
         xi = f.xi
         if xi.fault_code != 0:
@@ -1109,6 +1149,30 @@ def inv20_trips_are_real(
     return None
 
 
+def inv21_beam_needs_the_preset_armed(
+    prev: CoreState,
+    snapshot: Snapshot,
+    command: Command | None,
+    now: float,
+    new: CoreState,
+    out: Outputs,
+    hist: History,
+) -> str | None:
+    """Gate OPEN only while the beam gate reads back the plan's hardware dose preset
+    (baseline at selection + planned, within one register count): the independent backstop
+    against overdose is armed, and armed at the right value."""
+    if not _gate_open(out):
+        return None
+    f = hist.facts(snapshot, now)
+    post = hist.post(snapshot, out)
+    if f.bg is None or post.plan is None:
+        return "gate OPEN without a usable beam gate or a plan"
+    if not preset_read_back(f.bg, post.plan, hist.params):
+        return (f"gate OPEN while the dose preset reads {f.bg.dose_preset_mu!r} MU, not the"
+                f" plan's {post.plan.dose_preset!r} MU")
+    return None
+
+
 @dataclass(frozen=True)
 class Invariant:
     inv_id: str
@@ -1167,6 +1231,10 @@ INVARIANTS: tuple[Invariant, ...] = (
               inv19_idle_modes_do_not_latch),
     Invariant("INV-20", "Every tripping rule names a condition that is really present",
               "spurious trips (operators learn to reset by habit)", inv20_trips_are_real),
+    Invariant("INV-21", "Gate OPEN only while the beam gate reads back the plan's hardware"
+              " dose preset (baseline + planned)",
+              "overdose with the hardware backstop lost (device rebooted, preset never loaded)",
+              inv21_beam_needs_the_preset_armed),
 )
 INVARIANTS_BY_ID: dict[str, Invariant] = {inv.inv_id: inv for inv in INVARIANTS}
 

@@ -11,12 +11,14 @@ frame), and Hypothesis perturbs it:
   whatever it is told or will not expose, frozen frames, a counter that repeats while the
   timestamps go on, low confidence, marker jumps, target outside, a link down (the last good
   reading kept, unhealthy: degraded, then lost once stale), an echo that stops, a beam that
-  leaks dose while closed, controller cycle overruns;
+  leaks dose while closed, controller cycle overruns, a beam gate that ignores the dose preset
+  write (its readback stays where it was);
 - one-step snapshot perturbations (:class:`Perturbation`): a dropped device, an unhealthy
   (degraded) one, a stale or future ``read_at``, NaN/inf/negative/out-of-range values,
   contradictory values (exposing while not prepared, a frame stamped in the future), counters
   (frame, dose, mAs) going backwards, dose jumps, target shifts, low confidence, a controller
-  cycle overrun;
+  cycle overrun, a dose preset read back otherwise than loaded, and a beam-gate reboot (dose
+  counter, dose preset and echo back to 0: physical, like a dose jump);
 - time steps: mostly 1-40 ms, sometimes 0, backwards, a jump beyond ``max_time_step_s``, NaN
   or +/-inf.
 
@@ -168,6 +170,7 @@ WORLD_FAULTS = (
     "beam_leak",
     "bg_slow_reads",
     "cycle_overrun",
+    "bg_preset_ignored",
 )
 
 
@@ -182,7 +185,9 @@ class World:
     gate_cmd_at: float = 0.0
     gate_open: bool = False
     dose_mu: float = 0.0
-    dose_preset_mu: float = math.inf
+    dose_preset_mu: float = 0.0
+    """The hardware dose limit the beam gate holds: 0 at power-up (the gate never opens), then
+    what LOAD_DOSE_PRESET loaded; read back in every snapshot."""
     xray_cmd: XrayCommand = XrayCommand.STOP
     exposing: bool = False
     frame_counter: int = 0
@@ -235,6 +240,12 @@ class World:
             self.dose_mu += p.amount
         elif p.kind == "mas_jump":
             self.mas += p.amount
+        elif p.kind == "bg_reboot":
+            # Power cycle: every register of the beam gate back to its power-up value.
+            self.dose_mu = self.dose_preset_mu = 0.0
+            self.bg_echo = 0
+            self.gate_open = False
+            self.gate_cmd, self.gate_cmd_at = GateCommand.CLOSE, self.t
         else:
             return False
         return True
@@ -300,7 +311,7 @@ class World:
             self.xi_echo = self.heartbeat
         if DeviceAction.LOAD_DOSE_PRESET in outputs.device_actions and (
             outputs.dose_preset_mu is not None
-        ):
+        ) and "bg_preset_ignored" not in self.faults:
             self.dose_preset_mu = outputs.dose_preset_mu
 
     def snapshot(self, now: float) -> Snapshot:
@@ -324,6 +335,7 @@ class World:
             estop_released="estop" not in self.faults,
             watchdog_tripped="bg_watchdog" in self.faults,
             dose_delivered_mu=round(self.dose_mu, 4),
+            dose_preset_mu=self.dose_preset_mu,
             fault_code=7 if "bg_fault_code" in self.faults else 0,
             heartbeat_echo=self.bg_echo,
         )
@@ -370,6 +382,7 @@ BAD_CONFIDENCE: tuple[float, ...] = (math.nan, math.inf, -math.inf, -0.01, 1.01,
 
 BG_BAD_VALUES: dict[str, tuple[object, ...]] = {
     "dose_delivered_mu": BAD_FLOATS,
+    "dose_preset_mu": BAD_FLOATS,
     "fault_code": BAD_UINT16,
     "heartbeat_echo": BAD_UINT16,
 }
@@ -388,7 +401,7 @@ XI_BAD_VALUES: dict[str, tuple[object, ...]] = {
 MISSING_VALUES: dict[str, tuple[str, ...]] = {
     # Fields that a partial read leaves empty (None). Only fields whose absence the core is
     # specified to classify; see test_stateful.test_missing_values_never_raise for the rest.
-    "beam_gate": ("dose_delivered_mu", "fault_code", "heartbeat_echo"),
+    "beam_gate": ("dose_delivered_mu", "dose_preset_mu", "fault_code", "heartbeat_echo"),
     "imaging": ("frame_counter", "frame_timestamp_ms", "device_clock_ms", "cumulative_mas",
                 "fault_code", "heartbeat_echo"),
 }
@@ -447,6 +460,9 @@ def perturb(snap: Snapshot, p: Perturbation) -> Snapshot:
                 status, dose_delivered_mu=max(0.0, status.dose_delivered_mu - p.amount)))
         elif kind == "readback_open":
             reading = replace(reading, status=replace(status, gate_open_readback=True))
+        elif kind == "preset_wrong":
+            wrong = max(0.0, status.dose_preset_mu + p.amount)
+            reading = replace(reading, status=replace(status, dose_preset_mu=wrong))
     elif isinstance(status, ImagingStatus):
         if kind == "exposing_not_prepared":
             reading = replace(reading, status=replace(status, exposing=True, prepared=False))
@@ -514,6 +530,9 @@ def _perturbation_branches() -> dict[str, st.SearchStrategy[Perturbation]]:
         "dose_back": kind("dose_back", beam_gate, st.floats(0.001, 2.0)),
         "dose_jump": kind("dose_jump", beam_gate, st.floats(0.001, 2.0)),
         "readback_open": kind("readback_open", beam_gate),
+        "preset_wrong": kind("preset_wrong", beam_gate,
+                             st.sampled_from((-100.0, -1.0, -0.02, 0.02, 0.5, 100.0))),
+        "bg_reboot": kind("bg_reboot", beam_gate),
         "exposing_not_prepared": kind("exposing_not_prepared", imaging),
         "frame_future": kind("frame_future", imaging, st.integers(1, 5000).map(float)),
         "frame_old": kind("frame_old", imaging, st.integers(1, 5000).map(float)),
@@ -614,6 +633,7 @@ def statuses_beam_gate() -> st.SearchStrategy[BeamGateStatus]:
         estop_released=st.booleans(),
         watchdog_tripped=st.booleans(),
         dose_delivered_mu=st.floats(allow_nan=True, allow_infinity=True),
+        dose_preset_mu=st.floats(allow_nan=True, allow_infinity=True),
         fault_code=st.integers(-2, UINT16 + 2),
         heartbeat_echo=st.integers(-2, UINT16 + 2),
     )

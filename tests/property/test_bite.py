@@ -5,7 +5,7 @@ mutation below breaks the core in one way (a rule removed from the table, or a w
 tampers with the step's inputs, state or outputs) and runs the same stateful machine
 (test_stateful.CoreMachine) checking only the invariant it targets; Hypothesis must find a
 counterexample within a bounded, derandomized search. A second test removes each termination
-rule (IL-001..IL-019) in turn and checks that *some* invariant notices.
+rule (IL-001..IL-019, IL-033) in turn and checks that *some* invariant notices.
 
 These runs use their own settings (not the profile's): generation only, no shrinking, no
 database, derandomized, so that they are bounded and reproducible in every profile.
@@ -264,6 +264,12 @@ MUTATIONS: tuple[Mutation, ...] = (
              "interlock-chain rule removed (SELECT_PLAN no longer blocked)", ("chain",), NONE),
     Mutation("not-ready-trips", "INV-20", not_ready_trips(),
              "an interruption (IL-029) misclassified as a termination", ("bg_not_ready",), NONE),
+    Mutation("no-IL-032", "INV-21", without("IL-032"),
+             "the dose preset readback ignored until armed (beam on a preset never loaded)",
+             ("bg_preset_ignored",), NONE),
+    Mutation("no-IL-032-IL-033", "INV-21", without("IL-032", "IL-033"),
+             "the dose preset readback ignored altogether (beam after a reboot lost it)",
+             (), frozenset({"preset_wrong", "bg_reboot"})),
 )
 
 # The hazard each termination rule guards, as world faults and perturbations that provoke it.
@@ -288,6 +294,7 @@ TERMINATION_FOCUS: dict[str, tuple[tuple[str, ...], frozenset[str]]] = {
     "IL-017": (("target_outside", "low_confidence"), NONE),
     "IL-018": ((), NONE),
     "IL-019": (("cycle_overrun",), frozenset({"overrun"})),
+    "IL-033": ((), frozenset({"preset_wrong", "bg_reboot"})),
 }
 
 
@@ -325,10 +332,11 @@ def test_invariant_bites_a_broken_core(mutation: Mutation) -> None:
 TERMINATION_IDS = tuple(r.rule_id for r in RULES if r.rule_class is RuleClass.TERMINATION)
 
 
-def test_termination_ids_are_il001_to_il019() -> None:
+def test_termination_ids_are_il001_to_il019_and_il033() -> None:
     """The brief named IL-001..IL-018; IL-019 (control-cycle overrun) came with the
-    controller. A new termination must get a focus below, and so a removal test."""
-    assert tuple(f"IL-{i:03d}" for i in range(1, 20)) == TERMINATION_IDS
+    controller, IL-033 (dose preset lost) with the preset readback. A new termination must get
+    a focus below, and so a removal test."""
+    assert (*(f"IL-{i:03d}" for i in range(1, 20)), "IL-033") == TERMINATION_IDS
     assert set(TERMINATION_FOCUS) == set(TERMINATION_IDS)
 
 

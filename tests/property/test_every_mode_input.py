@@ -6,7 +6,7 @@ stateful test, deterministically.
   plausible world and the command is given: whether it is accepted and where the mode ends
   must match the specification written below (from DESIGN.md section 3 and the project's
   decisions), and every invariant holds on every step on the way.
-- For each rule of the table (31), a scenario that provokes the rule's condition is run twice:
+- For each rule of the table (33), a scenario that provokes the rule's condition is run twice:
   with the full table (no invariant may fail, and the rule must show up in a denial or a
   trip) and with that rule removed (some invariant must notice, except for the rules listed
   in MASKED, whose removal other rules hide; that list is a finding, reported in
@@ -272,6 +272,25 @@ def _ready_and_wait(m: CoreMachine) -> None:
     tick(m, 10)
 
 
+def _preset_never_arrives(m: CoreMachine) -> None:
+    """The beam gate ignores the preset write: ARM and BEAM_ON must not get through."""
+    m.world.inject("bg_preset_ignored", 1000)
+    reach(m, Mode.SETUP)
+    tick(m, 2, command=cmd(K.ARM))
+    tick(m, 2, command=cmd(K.BEAM_ON))
+    tick(m, 20)
+
+
+def _reboot_before_dose(m: CoreMachine) -> None:
+    """The beam gate reboots in READY, before its counter has counted anything: only the
+    preset readback (back to 0) shows it. The operator presses beam on."""
+    reach(m, Mode.READY)
+    assert m.world.dose_mu == 0.0
+    tick(m, p=Perturbation("bg_reboot", "beam_gate"))
+    tick(m, command=cmd(K.BEAM_ON))
+    tick(m, 20)
+
+
 PROVOKE: dict[str, Scenario] = {
     # A link down is degraded (IL-030/IL-031) until its last good read is older than
     # device_stale_s (100 ms): lost (IL-001/IL-002) needs a longer outage.
@@ -308,6 +327,8 @@ PROVOKE: dict[str, Scenario] = {
     "IL-029": _in_mode(Mode.TREATING, _world_fault("bg_not_ready", 10, 10)),
     "IL-030": _in_mode(Mode.TREATING, _world_fault("bg_disconnect", 5, 8)),
     "IL-031": _in_mode(Mode.TREATING, _world_fault("xi_disconnect", 5, 8)),
+    "IL-032": _preset_never_arrives,
+    "IL-033": _reboot_before_dose,
 }
 
 MASKED: dict[str, str] = {

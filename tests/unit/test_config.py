@@ -90,12 +90,35 @@ def test_to_core_params_converts_every_field() -> None:
         device_stale_s=pytest.approx(0.100),  # type: ignore[arg-type]
         max_time_step_s=pytest.approx(0.500),  # type: ignore[arg-type]
         dose_tolerance_mu=0.05,
+        dose_preset_tolerance_mu=0.01,  # one count of the preset registers (scale 0.01)
         plans=(
             Plan("lung-01", 10.0, Position(0.0, 0.0, 0.0)),
             Plan("liver-02", 25.0, Position(12.5, -30.0, 40.0)),
         ),
     )
     assert params.plan("liver-02") is params.plans[1]
+
+
+def test_the_preset_tolerance_is_one_count_of_the_coarser_preset_register(
+        room_dir: Path) -> None:
+    bgc = room_dir / "registers" / "beam-gate.yaml"
+    bgc.write_text(bgc.read_text().replace(
+        "dose_preset_readback: {address: 8, table: input, type: uint32, scale: 0.01,",
+        "dose_preset_readback: {address: 8, table: input, type: uint32, scale: 0.02,"))
+    assert load_room(variant(room_dir)).to_core_params().dose_preset_tolerance_mu == 0.02
+
+
+def test_preset_registers_coarser_than_the_dose_tolerance_are_refused(room_dir: Path) -> None:
+    """A preset that reads back only in 0.1 MU counts could sit beyond the overdose tolerance
+    (0.05 MU) without the comparison (IL-032/IL-033) seeing it."""
+    bgc = room_dir / "registers" / "beam-gate.yaml"
+    text = bgc.read_text()
+    assert text.count("scale: 0.01, unit: MU, access: rw") == 1
+    bgc.write_text(text.replace("scale: 0.01, unit: MU, access: rw",
+                                "scale: 0.1, unit: MU, access: rw"))
+    found = by_path(issues_of(variant(room_dir)))
+    issue = found["devices.beam_gate.register_map"]
+    assert "coarser than limits.dose_tolerance_mu" in issue.message
 
 
 def test_sphere_window_converts(room_dir: Path) -> None:
@@ -125,7 +148,7 @@ def test_register_map_paths_are_relative_to_the_room_file(tmp_path: Path) -> Non
     room = tmp_path / "rooms" / "a.yaml"
     room.parent.mkdir()
     room.write_text(ROOM_SIM.read_text().replace("registers/", "../maps/"))
-    assert len(load_room(room).beam_gate_map.registers) == 12
+    assert len(load_room(room).beam_gate_map.registers) == 13
 
 
 # --- config hash ---------------------------------------------------------------------------------
@@ -152,7 +175,7 @@ def test_hash_follows_room_values_and_register_maps(room_dir: Path) -> None:
     assert config_hash(load_room(same)) == reference
     bgc = room_dir / "registers" / "beam-gate.yaml"
     bgc.write_text(bgc.read_text().replace("firmware_version:  {address: 1,",
-                                           "firmware_version:  {address: 8,"))
+                                           "firmware_version:  {address: 10,"))
     assert config_hash(load_room(same)) != reference
 
 

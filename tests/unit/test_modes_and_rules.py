@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,10 @@ from syncctl.core import (
     next_mode,
 )
 from syncctl.core.modes import NOT_ALLOWED, allowed_triggers, mermaid_state_diagram
+from syncctl.core.rules import Facts, active_rules
+from syncctl.core.state import ActivePlan, initial_state, observe
+from syncctl.core.types import BeamGateReading, BeamGateStatus, ImagingReading
+from tests.unit.harness import PARAMS
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -43,8 +48,8 @@ def test_termination_rules_match_the_issue_list() -> None:
 
 
 def test_rule_ids_are_appended_never_renumbered() -> None:
-    """IL-001..IL-031 in table order: a new rule takes the next id at the end."""
-    assert [r.rule_id for r in RULES] == [f"IL-{i:03d}" for i in range(1, 32)]
+    """IL-001..IL-033 in table order: a new rule takes the next id at the end."""
+    assert [r.rule_id for r in RULES] == [f"IL-{i:03d}" for i in range(1, 34)]
 
 
 def test_degraded_devices_hold_the_beam_only_and_lost_ones_terminate() -> None:
@@ -109,3 +114,73 @@ def test_generated_docs_are_fresh(name: str) -> None:
 
 def test_rules_by_id_is_complete() -> None:
     assert set(RULES_BY_ID) == {r.rule_id for r in RULES}
+
+
+# --- the hardware dose preset (IL-032, IL-033): pure predicates over Facts --------------------
+
+
+def _preset_rules(mode: Mode, armed: bool | None, readback_mu: float) -> set[str]:
+    """Which of IL-032/IL-033 are active for a beam gate reading back ``readback_mu`` while
+    the core commanded 15.0 MU (``armed``: None = no plan selected)."""
+    status = BeamGateStatus(
+        gate_open_readback=False, ready=True, spill_active=True, chain_ok=True,
+        door_closed=True, estop_released=True, watchdog_tripped=False,
+        dose_delivered_mu=12.0, dose_preset_mu=readback_mu, fault_code=0, heartbeat_echo=1)
+    plan = None if armed is None else ActivePlan(PARAMS.plans[0], 12.0, 0.0, 15.0, armed)
+    state = replace(initial_state(PARAMS, 0.0), mode=mode, plan=plan)
+    obs = observe(state, BeamGateReading(status, 1.0, True), ImagingReading(None, None, False),
+                  1.0, False)
+    return {r.rule_id for r in active_rules(Facts(obs, state))} & {"IL-032", "IL-033"}
+
+
+def test_dose_preset_rules_are_an_interruption_then_a_termination() -> None:
+    not_armed, lost = RULES_BY_ID["IL-032"], RULES_BY_ID["IL-033"]
+    assert (not_armed.name, not_armed.rule_class, not_armed.inhibits) == (
+        "dose_preset_not_armed", RuleClass.INTERRUPTION, frozenset({Inhibits.BEAM}))
+    assert (lost.name, lost.rule_class, lost.inhibits) == (
+        "dose_preset_lost", RuleClass.TERMINATION, frozenset({Inhibits.BEAM, Inhibits.XRAY}))
+    guards = {t.trigger: t.guard for t in TRANSITIONS}
+    for trigger in (Trigger.ARM, Trigger.BEAM_ON):
+        assert "dose preset read back armed" in guards[trigger]
+
+
+@pytest.mark.parametrize("mode", [Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD],
+                         ids=lambda m: m.name)
+def test_a_preset_not_read_back_holds_the_beam_and_one_lost_terminates(mode: Mode) -> None:
+    # Not armed yet: the beam waits (in every mode that can lead to beam, not only SETUP:
+    # no path to beam may skip it).
+    assert _preset_rules(mode, False, 0.0) == {"IL-032"}
+    assert _preset_rules(mode, False, 14.98) == {"IL-032"}
+    # Armed in this fraction, now different: a termination.
+    assert _preset_rules(mode, True, 0.0) == {"IL-033"}
+    assert _preset_rules(mode, True, 15.5) == {"IL-033"}
+    # The commanded value, within one count (0.01 MU) either way: nothing.
+    for readback in (15.0, 14.991, 15.009, 15.01, 14.99):
+        assert _preset_rules(mode, True, readback) == set(), readback
+        assert _preset_rules(mode, False, readback) == set(), readback
+
+
+@pytest.mark.parametrize("mode", [Mode.OFFLINE, Mode.SAFE, Mode.COMPLETE, Mode.FAULT],
+                         ids=lambda m: m.name)
+def test_dose_preset_rules_are_quiet_where_no_beam_can_follow(mode: Mode) -> None:
+    for armed in (None, False, True):
+        assert _preset_rules(mode, armed, 0.0) == set()
+
+
+def test_dose_preset_rules_need_a_plan() -> None:
+    assert _preset_rules(Mode.SETUP, None, 0.0) == set()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -0.01, None])
+def test_a_preset_readback_that_is_not_a_finite_limit_is_invalid_data(bad: object) -> None:
+    """Unclassifiable: IL-003 (termination); IL-032/IL-033 stay quiet, as every rule that
+    reads the values of an invalid reading does."""
+    status = BeamGateStatus(
+        gate_open_readback=False, ready=True, spill_active=True, chain_ok=True,
+        door_closed=True, estop_released=True, watchdog_tripped=False,
+        dose_delivered_mu=12.0, dose_preset_mu=bad, fault_code=0,  # type: ignore[arg-type]
+        heartbeat_echo=1)
+    state = initial_state(PARAMS, 0.0)
+    obs = observe(state, BeamGateReading(status, 1.0, True), ImagingReading(None, None, False),
+                  1.0, False)
+    assert obs.beam_gate is None and "dose_preset_mu" in obs.beam_gate_invalid

@@ -77,8 +77,8 @@ def test_required_signals_are_the_ones_the_controller_uses() -> None:
     assert set(REQUIRED_SIGNALS) == {"beam-gate", "xray-imaging"}
     assert set(REQUIRED_SIGNALS["beam-gate"]) == {
         "identity", "firmware_version", "gate_command", "gate_readback", "status",
-        "dose_delivered", "dose_preset", "fault_code", "fault_reset", "heartbeat",
-        "heartbeat_echo", "watchdog_timeout_ms",
+        "dose_delivered", "dose_preset", "dose_preset_readback", "fault_code", "fault_reset",
+        "heartbeat", "heartbeat_echo", "watchdog_timeout_ms",
     }
     assert set(REQUIRED_SIGNALS["beam-gate"]["status"].bits) == {
         "ready", "spill_active", "chain_ok", "door_closed", "estop_released", "watchdog_tripped",
@@ -98,6 +98,10 @@ def test_shipped_scales_and_units() -> None:
     assert (bgc["dose_delivered"].type, bgc["dose_delivered"].scale) == ("uint32", 0.01)
     assert bgc["dose_delivered"].unit == "MU"
     assert (bgc["dose_preset"].access, bgc["dose_preset"].scale) == ("rw", 0.01)
+    # The preset as the firmware holds it, read back in the status block (IL-032/IL-033).
+    readback = bgc["dose_preset_readback"]
+    assert (readback.table, readback.type, readback.scale, readback.unit) == (
+        "input", "uint32", 0.01, "MU")
     for axis in "xyz":
         reg = xic[f"target_{axis}"]
         assert (reg.type, reg.scale, reg.unit) == ("int32", 0.01, "mm")

@@ -50,8 +50,9 @@ def u16(address: int, table: str = "input", **extra: Any) -> dict[str, Any]:
 
 def test_shipped_maps_read_their_status_block_in_one_transaction(room: RoomConfig) -> None:
     bgc = SignalMap(room.beam_gate_map).plan_reads(beam_gate_module.STATUS_SIGNALS)
-    assert bgc.blocks == (ReadBlock("input", 2, 6, (
-        "gate_readback", "status", "dose_delivered", "fault_code", "heartbeat_echo")),)
+    assert bgc.blocks == (ReadBlock("input", 2, 8, (
+        "gate_readback", "status", "dose_delivered", "fault_code", "heartbeat_echo",
+        "dose_preset_readback")),)
     xic = SignalMap(room.imaging_map).plan_reads(imaging_module.STATUS_SIGNALS)
     assert len(xic.blocks) == 1
     assert (xic.blocks[0].table, xic.blocks[0].address, xic.blocks[0].count) == ("input", 2, 18)
@@ -150,11 +151,12 @@ def test_a_value_the_register_cannot_carry_is_a_local_error(room: RoomConfig) ->
 
 
 def bgc_words(room: RoomConfig, **values: float) -> list[int]:
-    """Input registers 2..7 of the shipped BGC map."""
+    """Input registers 2..9 of the shipped BGC map."""
     defaults: dict[str, float] = {"gate_readback": 1, "status": 0b011101, "dose_delivered": 12.34,
-                                  "fault_code": 0, "heartbeat_echo": 77}
+                                  "fault_code": 0, "heartbeat_echo": 77,
+                                  "dose_preset_readback": 15.34}
     defaults.update(values)
-    words = [0] * 8
+    words = [0] * 10
     for name, value in defaults.items():
         reg = room.beam_gate_map.registers[name]
         words[reg.address:reg.last_address + 1] = encode(reg, value, "big")
@@ -173,7 +175,18 @@ def test_beam_gate_status_from_words(room: RoomConfig) -> None:
             status.estop_released, status.watchdog_tripped) == (True, False, True, True, True,
                                                                 False)
     assert status.dose_delivered_mu == pytest.approx(12.34)
+    assert status.dose_preset_mu == pytest.approx(15.34)
     assert (status.fault_code, status.heartbeat_echo) == (0, 77)
+
+
+def test_the_dose_preset_is_read_back_in_the_same_transaction(room: RoomConfig) -> None:
+    """The preset the firmware holds comes with every poll, in the one read of the status
+    block (IL-032/IL-033 compare it with the commanded one); 0 after a power-up."""
+    plan = SignalMap(room.beam_gate_map).plan_reads(beam_gate_module.STATUS_SIGNALS)
+    assert [(b.table, b.address, b.count) for b in plan.blocks] == [("input", 2, 8)]
+    assert decode_bgc(room, bgc_words(room, dose_preset_readback=0)).dose_preset_mu == 0.0
+    big = decode_bgc(room, bgc_words(room, dose_preset_readback=655.36))
+    assert big.dose_preset_mu == pytest.approx(655.36)  # both words of the uint32
 
 
 def test_unnamed_bits_of_a_bitfield_are_ignored(room: RoomConfig) -> None:
@@ -195,13 +208,13 @@ def test_a_bool_register_other_than_0_or_1_is_malformed() -> None:
 
 
 def test_a_wrong_word_count_is_malformed(room: RoomConfig) -> None:
-    with pytest.raises(DeviceDataError, match="expected 6 value"):
+    with pytest.raises(DeviceDataError, match="expected 8 value"):
         decode_bgc(room, bgc_words(room)[:-1])
 
 
 def test_a_word_outside_16_bits_is_malformed(room: RoomConfig) -> None:
     words = bgc_words(room)
-    words[-1] = 0x1_0000
+    words[room.beam_gate_map.registers["heartbeat_echo"].address - 2] = 0x1_0000
     with pytest.raises(DeviceDataError, match="heartbeat_echo"):
         decode_bgc(room, words)
 
@@ -344,10 +357,10 @@ async def test_a_session_is_healthy_only_after_settings_read_back_equal(room: Ro
     assert backend.tables["holding"][5] == 200  # watchdog_timeout_ms
     assert client.identity == 0x4247 and client.firmware_version == 101
     assert backend.log == [("read", "input", 0, 2), ("write", "holding", 5, 1),
-                           ("read", "holding", 5, 1), ("read", "input", 2, 6)]
+                           ("read", "holding", 5, 1), ("read", "input", 2, 8)]
     backend.log.clear()
     await client.poll()
-    assert backend.log == [("read", "input", 2, 6)]  # one transaction per poll
+    assert backend.log == [("read", "input", 2, 8)]  # one transaction per poll
 
 
 @pytest.mark.asyncio

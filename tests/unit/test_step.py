@@ -119,6 +119,10 @@ FAULT_CASES = [
     ("bgc-heartbeat", lambda h: setattr(h, "tamper", with_beam_gate(heartbeat_echo=4321)),
      "IL-012"),
     ("xic-heartbeat", lambda h: setattr(h, "tamper", with_imaging(heartbeat_echo=4321)), "IL-013"),
+    ("preset-lost", lambda h: setattr(h.room, "dose_preset_mu", 0.0), "IL-033"),
+    ("preset-reprogrammed", lambda h: setattr(h.room, "dose_preset_mu", 99.0), "IL-033"),
+    ("preset-nan", lambda h: setattr(h, "tamper", with_beam_gate(dose_preset_mu=math.nan)),
+     "IL-003"),
 ]
 
 
@@ -537,3 +541,139 @@ def test_a_power_up_echo_of_zero_never_counts_as_fed() -> None:
     h.tamper = with_imaging(heartbeat_echo=0)
     assert h.until(lambda x: x.mode is Mode.FAULT, max_s=1.0)
     assert "IL-013" in h.state.latched
+
+
+# --- the hardware dose preset, read back (IL-032, IL-033) -------------------------------------
+
+
+def preset_held_at(value: float) -> Callable[[Snapshot], Snapshot]:
+    """A beam gate that ignores the preset write: its readback stays at ``value``."""
+    return with_beam_gate(dose_preset_mu=value)
+
+
+def test_the_preset_is_armed_by_the_first_reading_after_the_selection() -> None:
+    h = Harness()
+    h.run(0.05)
+    out = h.tick(Command(CommandKind.SELECT_PLAN, "op", "lung-01"))
+    assert h.state.plan is not None and not h.state.plan.preset_armed
+    assert h.state.plan.dose_preset_mu == pytest.approx(out.dose_preset_mu or -1)
+    assert "IL-032" in out.beam_permit.denied_by  # commanded in this very step
+    out = h.tick()  # the scripted device shows the preset at its next read
+    assert h.state.plan.preset_armed
+    assert "IL-032" not in out.beam_permit.denied_by
+    assert not trip_ids(h)
+
+
+def test_arm_and_beam_waits_until_the_preset_is_read_back() -> None:
+    """A preset that does not arrive (the write failed, the firmware refused it) never trips:
+    it holds the beam (IL-032) and ARM is refused naming it, for as long as it lasts."""
+    h = Harness()
+    h.tamper = preset_held_at(0.0)
+    h.to_setup()
+    h.run(0.3)
+    result = h.command(CommandKind.ARM)
+    assert not result.accepted and "IL-032" in result.reason, result
+    assert h.mode is Mode.SETUP and not trip_ids(h)
+    assert "IL-032" in h.last.beam_permit.denied_by
+    h.tamper = None
+    h.tick()
+    assert h.command(CommandKind.ARM).accepted
+    assert h.command(CommandKind.BEAM_ON).accepted
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+    assert not trip_ids(h)
+
+
+def test_a_readback_one_count_off_is_armed_two_counts_off_is_not() -> None:
+    h = Harness()
+    h.run(0.05)
+    h.tamper = preset_held_at(3.0 + 0.01)
+    assert h.command(CommandKind.SELECT_PLAN, "lung-01").accepted  # preset 0 + 3.0
+    h.tick()
+    assert h.state.plan is not None and h.state.plan.preset_armed
+    h2 = Harness()
+    h2.run(0.05)
+    h2.tamper = preset_held_at(3.0 + 0.02)
+    assert h2.command(CommandKind.SELECT_PLAN, "lung-01").accepted
+    h2.run(0.1)
+    assert h2.state.plan is not None and not h2.state.plan.preset_armed
+    assert "IL-032" in h2.last.beam_permit.denied_by
+
+
+def lose_the_preset_in(h: Harness, mode: Mode) -> None:
+    if mode is Mode.SETUP:
+        h.to_setup()
+        h.run(0.1)
+    elif mode is Mode.READY:
+        h.to_setup()
+        h.run(0.3)
+        assert h.command(CommandKind.ARM).accepted
+    else:
+        h.to_treating()
+        if mode is Mode.HOLD:
+            assert h.command(CommandKind.PAUSE).accepted
+    assert h.mode is mode and h.state.plan is not None and h.state.plan.preset_armed
+    assert h.room.dose_mu < 0.01, "the device has counted nothing: its counter reads 0"
+    h.room.reboot_beam_gate()
+
+
+@pytest.mark.parametrize("mode", [Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD],
+                         ids=lambda m: m.name)
+def test_a_reboot_before_any_dose_is_counted_trips_il_033(mode: Mode) -> None:
+    """The gap the fault matrix found: a beam-gate reboot with its dose counter still at 0
+    changes nothing but the preset (back to 0): no counter goes backwards (IL-003), the echo
+    comes back at the next heartbeat. The preset read back in the status block shows it."""
+    h = Harness()
+    lose_the_preset_in(h, mode)
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.01)
+    assert trip_ids(h) == ["IL-033"]
+    assert h.last.gate is GateCommand.CLOSE and h.last.xray is XrayCommand.STOP
+    assert any(a.rule_id == "IL-033" and a.latched for a in h.last.alarms)
+    assert h.state.plan is None  # a new selection, with a new preset, is needed
+
+
+def test_a_reboot_after_dose_was_counted_is_invalid_data_first() -> None:
+    """With dose counted, the reboot makes the counter go backwards: the reading is invalid
+    (IL-003) and, as for any invalid reading, the rules that read its values (IL-033 among
+    them) stay quiet so that the real reason is shown."""
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.room.dose_mu >= 0.05, max_s=10)
+    h.room.reboot_beam_gate()
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.01)
+    assert trip_ids(h) == ["IL-003"]
+
+
+def test_after_il_033_a_new_selection_arms_a_new_preset() -> None:
+    h = Harness()
+    lose_the_preset_in(h, Mode.TREATING)
+    assert h.until(lambda x: x.mode is Mode.FAULT, max_s=0.01)
+    assert h.command(CommandKind.ACKNOWLEDGE).accepted
+    assert h.command(CommandKind.RESET).accepted
+    h.run(0.3)  # the device echoes heartbeats again after its reboot
+    h.to_treating()
+    assert h.room.dose_preset_mu == pytest.approx(3.0)  # reloaded from the new baseline (0)
+    assert h.until(lambda x: x.last.gate is GateCommand.OPEN, max_s=10)
+
+
+def test_a_preset_change_after_completion_is_no_trip() -> None:
+    """COMPLETE is not among the armed modes: the fraction has ended, and only a new
+    selection (with its own preset) leads to beam again."""
+    h = Harness()
+    h.to_treating()
+    assert h.until(lambda x: x.mode is Mode.COMPLETE, max_s=60)
+    h.room.dose_preset_mu = 0.0
+    h.run(0.1)
+    assert h.mode is Mode.COMPLETE and "IL-033" not in trip_ids(h)
+
+
+def test_abort_and_reselect_must_arm_the_preset_again() -> None:
+    h = Harness()
+    h.to_setup()
+    h.run(0.1)
+    assert h.state.plan is not None and h.state.plan.preset_armed
+    assert h.command(CommandKind.ABORT).accepted
+    h.tamper = preset_held_at(0.0)  # the next write does not arrive
+    assert h.command(CommandKind.SELECT_PLAN, "liver-02").accepted
+    h.run(0.1)
+    assert h.state.plan is not None and not h.state.plan.preset_armed
+    assert "IL-032" in h.last.beam_permit.denied_by and h.mode is Mode.SETUP

@@ -191,6 +191,8 @@ class Commissioning:
         self.results: list[StepResult] = []
         self._allowed: dict[str, tuple[bool, str]] = {}
         self._preset_saved: float | None = None
+        self._preset_loaded: float | None = None
+        """The dose preset the last load_preset wrote (for the readback check)."""
         period_s = self.limits.heartbeat_period_ms / 1000
         devices = config.room.devices
         self.devices: dict[str, Device] = {}
@@ -399,7 +401,30 @@ class Commissioning:
         if self._preset_saved is None:
             self._preset_saved = await self.read_number(device, "dose_preset")
         delivered = await self.read_number(device, "dose_delivered")
-        return await self.bgc.load_dose_preset(delivered + GATE_TEST_BUDGET_MU)
+        self._preset_loaded = delivered + GATE_TEST_BUDGET_MU
+        return await self.bgc.load_dose_preset(self._preset_loaded)
+
+    async def check_preset_readback(self, result: StepResult) -> None:
+        """The preset just loaded must show in the status block the controller polls
+        (``dose_preset_readback``): the controller holds the beam until it does (IL-032) and
+        trips a fraction when it changes (IL-033), so a firmware whose readback does not follow
+        the preset register would keep every fraction from being armed."""
+        loaded = self._preset_loaded
+        if loaded is None:
+            return
+        tolerance = max(self.bgc.signals["dose_preset"].reg.scale,
+                        self.bgc.signals["dose_preset_readback"].reg.scale)
+        t0 = self.clock()
+        at, status, _ = await self.wait_bgc(
+            lambda s: abs(s.dose_preset_mu - loaded) <= tolerance, WAIT_FOR_GATE_S)
+        expected = f"{loaded:.2f} MU +- {tolerance:g} in the status block"
+        if at is None:
+            seen = None if status is None else status.dose_preset_mu
+            result.fail("dose preset read back", f"not within {WAIT_FOR_GATE_S:g} s",
+                        seen, expected)
+        else:
+            result.add("dose preset read back", Status.PASSED, round((at - t0) * 1000, 3),
+                       expected, "ms from the verified write to the status read showing it")
 
     async def restore_preset(self) -> None:
         if self._preset_saved is not None and await self.bgc.load_dose_preset(
@@ -754,6 +779,7 @@ class Commissioning:
         if not await self.load_preset():
             result.fail("dose preset", f"not loaded: {self.bgc.last_error}")
             return
+        await self.check_preset_readback(result)
         opens: list[float] = []
         closes: list[float] = []
         wait_s = max(10 * limit_ms / 1000, WAIT_FOR_GATE_S)

@@ -238,6 +238,10 @@ class RoomConfig:
             device_stale_s=lim.device_stale_ms / 1000,
             max_time_step_s=lim.max_time_step_ms / 1000,
             dose_tolerance_mu=lim.dose_tolerance_mu,
+            # One count of the preset registers: the write rounds to it, the readback shows it.
+            dose_preset_tolerance_mu=max(
+                self.beam_gate_map.registers["dose_preset"].scale,
+                self.beam_gate_map.registers["dose_preset_readback"].scale),
             plans=tuple(
                 Plan(p.id, p.planned_dose_mu, Position(*p.target_mm)) for p in self.room.plans
             ),
@@ -341,6 +345,24 @@ def _settings_problems(source: YamlSource, room: RoomFile,
     return issues
 
 
+def _preset_resolution_problems(source: YamlSource, room: RoomFile,
+                                maps: dict[str, RegisterMapFile]) -> list[ConfigIssue]:
+    """The dose preset is compared with its readback to one count of its registers
+    (IL-032/IL-033). A count coarser than the overdose tolerance would let the hardware
+    backstop sit beyond the dose the synchronizer itself calls an overdose, unseen."""
+    regmap = maps.get("beam_gate")
+    if regmap is None:
+        return []
+    count = max(regmap.registers["dose_preset"].scale,
+                regmap.registers["dose_preset_readback"].scale)
+    if count <= room.limits.dose_tolerance_mu:
+        return []
+    return [source.issue(("devices", "beam_gate", "register_map"),
+                         f"the dose preset registers count in {count:g} MU, coarser than "
+                         f"limits.dose_tolerance_mu ({room.limits.dose_tolerance_mu:g} MU): "
+                         "the preset read back could not show a limit beyond the tolerance")]
+
+
 def load_room(path: Path | str) -> RoomConfig:
     """Load, validate and cross-check a room file and the register maps it names.
 
@@ -362,6 +384,7 @@ def load_room(path: Path | str) -> RoomConfig:
     issues.extend(map_issues)
     if room is not None and not issues:
         issues.extend(_settings_problems(source, room, maps))
+        issues.extend(_preset_resolution_problems(source, room, maps))
     if issues or room is None:
         raise ConfigError(issues)
     return RoomConfig(file, room, maps["beam_gate"], maps["imaging"])

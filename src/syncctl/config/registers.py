@@ -102,6 +102,7 @@ REQUIRED_SIGNALS: dict[str, dict[str, Need]] = {
         )),
         "dose_delivered": Need(U32),
         "dose_preset": Need(U32, "rw"),
+        "dose_preset_readback": Need(U32),
         "fault_code": Need(NUMBER16),
         "fault_reset": Need(FLAG, "rw"),
         "heartbeat": Need(("uint16",), "rw"),

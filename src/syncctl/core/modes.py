@@ -61,11 +61,11 @@ TRANSITIONS: tuple[Transition, ...] = (
     Transition(Trigger.START_IMAGING, (Mode.SETUP,), None, "none"),
     Transition(Trigger.STOP_IMAGING, (Mode.SETUP,), None, "none"),
     Transition(Trigger.ARM, (Mode.SETUP,), Mode.READY,
-               "imaging running and tracking; beam-gate ready; neither device degraded;"
-               " no termination condition"),
+               "imaging running and tracking; beam-gate ready; hardware dose preset read back"
+               " armed; neither device degraded; no termination condition"),
     Transition(Trigger.BEAM_ON, (Mode.READY,), Mode.TREATING,
-               "imaging running and tracking; beam-gate ready; neither device degraded;"
-               " no termination condition"),
+               "imaging running and tracking; beam-gate ready; hardware dose preset read back"
+               " armed; neither device degraded; no termination condition"),
     Transition(Trigger.PAUSE, (Mode.TREATING,), Mode.HOLD, "none"),
     Transition(Trigger.RESUME, (Mode.HOLD,), Mode.TREATING,
                "neither device degraded; no termination condition"),

@@ -21,6 +21,13 @@ from the age of the command at ``now``: a degraded device hands the core reading
 ``device_stale_s`` old, and a reading taken before the actuator could have moved proves
 nothing.
 
+The hardware dose preset (IL-032/IL-033) is judged from its readback in the status block,
+against the preset the core commanded at selection (``ActivePlan.dose_preset_mu``). The write
+and its readback take a cycle or two, so a preset not confirmed yet only holds the beam
+(IL-032, interruption; ARM and BEAM_ON wait for it); once it has been read back equal in
+this fraction, a readback that differs is a termination (IL-033): the device was reset or
+reprogrammed behind the core's back. See ``_preset_not_armed``.
+
 Rule ids are stable: they appear in the audit trail, the safety cases and the operator's
 screen. Never renumber a rule; retire it and take a new id.
 """
@@ -43,6 +50,10 @@ IMAGING_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD})
 FRACTION_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD, Mode.COMPLETE})
 """Modes with a plan selected: a termination here trips the fraction to FAULT."""
 DELIVERY_MODES = frozenset({Mode.TREATING, Mode.HOLD})
+ARMED_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD})
+"""Modes in which the selected plan's hardware dose preset must be armed (IL-032/IL-033): a
+plan is selected and the fraction can still go on to beam. Not COMPLETE: the fraction has
+ended and only a new selection (with a new preset) leads to beam again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,6 +276,46 @@ def _bg_not_ready(f: Facts) -> bool:
     return bg is not None and not bg.ready
 
 
+def preset_matches(readback_mu: float, commanded_mu: float, tolerance_mu: float) -> bool:
+    """The preset read back is the one commanded, within one count of its registers. A value
+    that is not a finite number never matches (the validation makes it IL-003 first)."""
+    if not (is_finite_number(readback_mu) and is_finite_number(commanded_mu)):
+        return False
+    return abs(readback_mu - commanded_mu) <= tolerance_mu
+
+
+def _preset_differs(f: Facts) -> bool:
+    """A plan is selected in a mode that can lead to beam (ARMED_MODES), the beam gate is
+    usable, and the preset it reads back is not the one commanded for the plan."""
+    bg, plan = f.obs.beam_gate, f.state.plan
+    if bg is None or plan is None or f.state.mode not in ARMED_MODES:
+        return False  # a lost or invalid beam gate is IL-001/IL-003's
+    return not preset_matches(bg.dose_preset_mu, plan.dose_preset_mu,
+                              f.state.params.dose_preset_tolerance_mu)
+
+
+def _preset_not_armed(f: Facts) -> bool:
+    """IL-032 (interruption). The preset commanded at selection has not been read back yet:
+    the write and the poll that shows it take a cycle or two, so this only holds the beam
+    (and ARM/BEAM_ON wait for it). It applies from SETUP on, so that no path to beam can skip
+    it; READY, TREATING and HOLD are reached only through ARM, which it blocks. A preset that
+    never arrives (the write failed, the device rebooted before confirming) keeps the beam
+    off until the operator aborts and selects again, which commands the preset anew."""
+    plan = f.state.plan
+    return plan is not None and not plan.preset_armed and _preset_differs(f)
+
+
+def _preset_lost(f: Facts) -> bool:
+    """IL-033 (termination). The preset was read back armed in this fraction and now reads
+    otherwise: the device rebooted (a power-up loads 0), or someone reprogrammed it. Its dose
+    counter and the plan's baseline can no longer be trusted either, and with the preset gone
+    the hardware backstop against overdose is gone (or, at 0, the gate never opens and the
+    fraction would stall with the beam permitted). In SETUP too: the selection was made
+    against a device that has since changed; a new selection reloads the preset."""
+    plan = f.state.plan
+    return plan is not None and plan.preset_armed and _preset_differs(f)
+
+
 T = RuleClass.TERMINATION
 I = RuleClass.INTERRUPTION  # noqa: E741 - reads as the IEC class letter in the table
 
@@ -345,6 +396,14 @@ RULES: tuple[Rule, ...] = (
          "Imaging controller degraded: last transaction failed or settings not verified"
          " (last good read still fresh)",
          I, BEAM, _xi_degraded),
+    Rule("IL-032", "dose_preset_not_armed",
+         "Hardware dose preset of the selected plan not yet read back from the beam-gate"
+         " controller as commanded",
+         I, BEAM, _preset_not_armed),
+    Rule("IL-033", "dose_preset_lost",
+         "Hardware dose preset read back armed, now differs from the one commanded (device"
+         " rebooted or reprogrammed)",
+         T, BOTH, _preset_lost),
 )
 
 RULES_BY_ID: dict[str, Rule] = {rule.rule_id: rule for rule in RULES}

@@ -33,11 +33,23 @@ POSITION_LIMIT_MM = 10_000.0
 
 @dataclass(frozen=True, slots=True)
 class ActivePlan:
-    """The selected plan and the device counters when it was selected."""
+    """The selected plan, the device counters when it was selected, and the hardware dose
+    preset the core commanded for it.
+
+    ``dose_preset_mu`` is the absolute limit sent with LOAD_DOSE_PRESET at selection
+    (``dose_baseline_mu`` + planned). ``preset_armed`` turns True at the first step after the
+    selection whose beam-gate reading holds that preset (within
+    ``CoreParams.dose_preset_tolerance_mu``) and stays True for the rest of the fraction:
+    before it the beam waits (IL-032); after it a readback that differs means the device was
+    reset or reprogrammed behind the core's back (IL-033, termination). Both go with the plan:
+    a new selection commands, and must confirm, its own preset.
+    """
 
     plan: Plan
     dose_baseline_mu: float
     mas_baseline: float
+    dose_preset_mu: float
+    preset_armed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +142,8 @@ def beam_gate_problem(status: BeamGateStatus, last_dose_mu: float | None) -> str
             f"dose counter went backwards ({last_dose_mu} -> {status.dose_delivered_mu} MU):"
             " device reset or corrupt read"
         )
+    if not _finite_nonneg(status.dose_preset_mu):
+        return f"dose_preset_mu={status.dose_preset_mu!r} is not a finite limit >= 0"
     if not _in_range(status.fault_code, UINT16):
         return f"fault_code={status.fault_code!r} outside 0..65535"
     if not _in_range(status.heartbeat_echo, UINT16):

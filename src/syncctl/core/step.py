@@ -7,7 +7,8 @@ Order inside a step, and why:
    so that it reads as too old.
 2. Observe: decide for each device whether its reading is usable (read, fresh, valid) and
    whether it is degraded (usable, but its last transaction failed: the beam waits);
-   update the frame history and gating; note heartbeat echoes and counters.
+   update the frame history and gating; note heartbeat echoes and counters, and whether the
+   selected plan's hardware dose preset has been read back armed (IL-032/IL-033).
 3. Evaluate every rule. Terminations pre-empt everything: a fraction in progress trips to
    FAULT (or COMPLETE when the only one is the planned dose) *before* the command is looked at,
    so a command can never race a trip.
@@ -34,6 +35,7 @@ from syncctl.core.rules import (
     Facts,
     Rule,
     active_rules,
+    preset_matches,
 )
 from syncctl.core.state import ActivePlan, CoreState, Observation, observe
 from syncctl.core.types import (
@@ -186,9 +188,17 @@ def _absorb_observation(state: CoreState, obs: Observation) -> CoreState:
         xi_echo_ok_at = _later(
             _echo_sent_at(obs.imaging.heartbeat_echo, state.heartbeats_sent), xi_echo_ok_at)
 
+    if (plan is not None and not plan.preset_armed and obs.beam_gate is not None
+            and preset_matches(obs.beam_gate.dose_preset_mu, plan.dose_preset_mu,
+                               state.params.dose_preset_tolerance_mu)):
+        # The first reading since the selection that holds the commanded preset: armed for
+        # the rest of the fraction (a later difference is IL-033).
+        plan = replace(plan, preset_armed=True)
+
     last_now = state.last_now if not is_finite_number(obs.now) else obs.now
     return replace(
         state,
+        plan=plan,
         gating=gating,
         beam_gate_echo_ok_at=bg_echo_ok_at,
         imaging_echo_ok_at=xi_echo_ok_at,
@@ -298,8 +308,10 @@ def _resume_blockers(obs: Observation, state: CoreState, rules: tuple[Rule, ...]
 
 
 def _readiness_blockers(obs: Observation, state: CoreState, rules: tuple[Rule, ...]) -> list[str]:
-    """What keeps imaging from confirming a target, or the gate from being usable."""
-    wanted = {"IL-022", "IL-023", "IL-024", "IL-025", "IL-026", "IL-029"} | DEGRADED_RULE_IDS
+    """What keeps imaging from confirming a target, or the gate from being usable (the
+    hardware dose preset not armed yet, IL-032, among them)."""
+    wanted = ({"IL-022", "IL-023", "IL-024", "IL-025", "IL-026", "IL-029", "IL-032"}
+              | DEGRADED_RULE_IDS)
     active = active_rules(Facts(obs, state), rules)
     return [r.rule_id for r in active if r.rule_id in wanted or r.is_termination]
 
@@ -344,15 +356,17 @@ def _apply_command(
         if obs.beam_gate is None or obs.imaging is None:
             return refuse("device readings are not usable")
         baseline = obs.beam_gate.dose_delivered_mu
+        preset = baseline + plan.planned_dose_mu
         new = replace(
             state,
-            plan=ActivePlan(plan, baseline, obs.imaging.cumulative_mas),
+            # Not armed yet, even if this step's reading happens to hold the same value: only
+            # a reading taken after the selection confirms the preset (IL-032 until then).
+            plan=ActivePlan(plan, baseline, obs.imaging.cumulative_mas, preset),
             imaging_requested=False,
             gating=replace(GATING_RESET, last_counter=state.gating.last_counter,
                            counter_changed_at=state.gating.counter_changed_at),
         )
         actions = (DeviceAction.LOAD_DOSE_PRESET,)
-        preset = baseline + plan.planned_dose_mu
     elif kind is CommandKind.START_IMAGING:
         new = replace(state, imaging_requested=True)
     elif kind is CommandKind.STOP_IMAGING:

@@ -93,6 +93,11 @@ class BeamGateStatus:
     watchdog_tripped: bool
     dose_delivered_mu: float
     """Cumulative monitor units counted by the device since it powered up."""
+    dose_preset_mu: float
+    """The hardware dose limit the device holds (absolute MU, the same scale as
+    ``dose_delivered_mu``), read back in every poll of the status block: what
+    LOAD_DOSE_PRESET loaded, or 0 after a power-up (the gate then never opens). IL-032/IL-033
+    compare it with the preset the core commanded."""
     fault_code: int
     heartbeat_echo: int
 
@@ -283,6 +288,11 @@ class CoreParams:
     """Two steps further apart than this are a clock jump (termination)."""
     dose_tolerance_mu: float
     """Dose beyond plan by more than this is an overdose (termination to FAULT)."""
+    dose_preset_tolerance_mu: float = 0.01
+    """How far the dose preset read back may lie from the one commanded and still count as
+    armed (IL-032/IL-033): one count of the preset registers (their ``scale`` in the
+    beam-gate map, 0.01 MU in the shipped one). The write rounds the commanded preset to the
+    nearest count, so an honest readback is always within half of it."""
     plans: tuple[Plan, ...] = field(default=())
 
     def plan(self, plan_id: str) -> Plan | None:

@@ -1,6 +1,7 @@
 """The beam-gate controller (BGC) client: status poll, gate command, heartbeat, dose preset.
 
-One poll reads the status signals (with the shipped map: one read of input registers 2..7).
+One poll reads the status signals (with the shipped map: one read of input registers 2..9),
+the dose preset the firmware holds among them (``dose_preset_readback``).
 After every (re)connect the client reads ``identity``/``firmware_version`` and writes
 ``watchdog_timeout_ms`` (= ``limits.device_watchdog_timeout_ms``), then reads it back; only a
 session whose settings read back equal counts as healthy.
@@ -16,7 +17,8 @@ from syncctl.core.types import BeamGateReading, BeamGateStatus, GateCommand
 from syncctl.devices.modbus import ModbusLink
 from syncctl.devices.signals import RegisterBackend, SignalDevice, SignalValues
 
-STATUS_SIGNALS = ("gate_readback", "status", "dose_delivered", "fault_code", "heartbeat_echo")
+STATUS_SIGNALS = ("gate_readback", "status", "dose_delivered", "fault_code", "heartbeat_echo",
+                  "dose_preset_readback")
 
 
 def beam_gate_status(values: SignalValues) -> BeamGateStatus:
@@ -32,6 +34,7 @@ def beam_gate_status(values: SignalValues) -> BeamGateStatus:
         estop_released=bits["estop_released"],
         watchdog_tripped=bits["watchdog_tripped"],
         dose_delivered_mu=values.number("dose_delivered"),
+        dose_preset_mu=values.number("dose_preset_readback"),
         fault_code=values.integer("fault_code"),
         heartbeat_echo=values.integer("heartbeat_echo"),
     )

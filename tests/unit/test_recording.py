@@ -231,3 +231,63 @@ def test_not_a_recording_is_refused(tmp_path: Path) -> None:
         read_recording(plain)
     with pytest.raises(RecordingError, match="no such file"):
         read_recording(tmp_path / "missing.gz")
+
+
+def _as_format_1(path: Path, out: Path) -> None:
+    """The recording as syncctl wrote it before the dose preset readback (format 1): no
+    ``dose_preset_mu`` in the beam-gate status, no ``dose_preset_tolerance_mu`` parameter."""
+    import json
+
+    lines = gzip.decompress(path.read_bytes()).decode().splitlines()
+    rows = [json.loads(line) for line in lines]
+    rows[0]["format"] = "syncctl-fraction/1"
+    del rows[0]["params"]["dose_preset_tolerance_mu"]
+    for row in rows[1:]:
+        if row["type"] == "step" and row["snap"]["bg"]["status"] is not None:
+            del row["snap"]["bg"]["status"]["dose_preset_mu"]
+    out.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+
+
+def test_a_format_1_recording_still_reads_and_replays(tmp_path: Path) -> None:
+    """Recordings made before the preset readback have none: the reader fills it in as an
+    ideal beam gate would have held it (0, then each commanded preset from the next step on)
+    and says so. This fraction's device did behave so (the scripted room loads the preset at
+    once): the replay through today's core is identical."""
+    reports = fraction_reports()
+    new = record(tmp_path / "new.fraction.jsonl.gz", reports).close().path
+    assert read_recording(new).format == "syncctl-fraction/2"
+    old = tmp_path / "old.fraction.jsonl.gz"
+    _as_format_1(new, old)
+    rec = read_recording(old)
+    assert rec.format == "syncctl-fraction/1" and rec.preset_synthesized
+    assert rec.complete and rec.bad_lines == 0 and len(rec.steps) == len(reports)
+    assert rec.params == PARAMS  # the missing parameter takes its default
+    presets = [s.snapshot.beam_gate.status.dose_preset_mu for s in rec.steps
+               if s.snapshot.beam_gate.status is not None]
+    assert presets[0] == 0.0 and presets[-1] == pytest.approx(3.0)
+    result = replay(rec)
+    assert result.identical, (result.first_mismatch, result.first_mismatch_fields)
+
+
+def test_a_beam_gate_status_without_its_preset_decodes_as_unknown() -> None:
+    """Without a stand-in the preset is unknown (None): the core takes that for invalid data
+    (IL-003), never for an armed preset."""
+    encoded = encode_snapshot(fraction_reports(0.3)[-1].snapshot)
+    del encoded["bg"]["status"]["dose_preset_mu"]
+    status = decode_snapshot(encoded).beam_gate.status
+    assert status is not None and status.dose_preset_mu is None
+
+
+def test_a_what_if_with_another_planned_dose_models_an_ideal_preset(tmp_path: Path) -> None:
+    """Another planned dose makes the replayed core command another preset than the recorded
+    device holds: the replay gives it an ideal device (the readback set to the replayed
+    preset), so the what-if is about the plan, not a preset that never arrives (IL-032)."""
+    rec = read_recording(record(tmp_path / "f.fraction.jsonl.gz", fraction_reports()).close().path)
+    lung = PARAMS.plans[0]
+    other = replace(PARAMS, plans=(replace(lung, planned_dose_mu=2.5), *PARAMS.plans[1:]))
+    result = replay(rec, other)
+    assert result.first_mode_difference is None
+    assert not [d for d in result.differences
+                if {"IL-032", "IL-033"} & set(d.replayed_denied_by)]
+    # Without the model the preset would never be armed and the beam never granted.
+    assert result.beam_permit_s[1] > 0

@@ -18,7 +18,10 @@ earlier, the recorded dose counter still rose, and where it would have opened it
 really delivered. The dose figures of a counterfactual replay are therefore estimates (see
 ``estimate_dose``), and everything after the first mode difference says what the core would
 have *permitted* on that input, not what would have
-happened. A replay with the recorded parameters uses the snapshots untouched.
+happened. The hardware dose preset is modelled the same way: where the replayed core commanded
+another preset than the recorded one (another planned dose) and the recorded readback shows the
+recorded one, the readback is set to the replayed core's preset. A replay with the recorded
+parameters uses the snapshots untouched.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from syncctl.core import (
     step,
 )
 from syncctl.core.gating import inside_window
+from syncctl.core.rules import preset_matches
 from syncctl.core.types import Window
 from syncctl.recording import Recording
 from syncctl.recording.codec import encode_outputs
@@ -149,12 +153,16 @@ class _RecordedCommands:
     gate_since: float = float("-inf")
     xray: str = XrayCommand.STOP.value
     xray_since: float = float("-inf")
+    preset: float | None = None
+    """The last dose preset the recorded core commanded (LOAD_DOSE_PRESET)."""
 
     def update(self, out: dict[str, Any], now: float) -> None:
         if out["gate"] != self.gate:
             self.gate, self.gate_since = out["gate"], now
         if out["xray"] != self.xray:
             self.xray, self.xray_since = out["xray"], now
+        if "load_dose_preset" in out["actions"] and out["dose_preset_mu"] is not None:
+            self.preset = float(out["dose_preset_mu"])
 
 
 def _ideal_actuators(snap: Snapshot, state: CoreState, recorded: _RecordedCommands) -> Snapshot:
@@ -173,6 +181,12 @@ def _ideal_actuators(snap: Snapshot, state: CoreState, recorded: _RecordedComman
         exposing = state.xray is XrayCommand.EXPOSE
         xi = replace(xi, status=replace(xi.status, exposing=exposing,
                                         prepared=xi.status.prepared or exposing))
+    plan, tolerance = state.plan, state.params.dose_preset_tolerance_mu
+    if (bg.status is not None and plan is not None and recorded.preset is not None
+            and not preset_matches(plan.dose_preset_mu, recorded.preset, tolerance)
+            and preset_matches(bg.status.dose_preset_mu, recorded.preset, tolerance)):
+        # The recorded device holds the recorded core's preset; an ideal one would hold ours.
+        bg = replace(bg, status=replace(bg.status, dose_preset_mu=plan.dose_preset_mu))
     return replace(snap, beam_gate=bg, imaging=xi)
 
 

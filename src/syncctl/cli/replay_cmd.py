@@ -38,6 +38,10 @@ def _describe(rec: Recording) -> str:
     if rec.dropped:
         lines.append(f"            {rec.dropped} steps were DROPPED while recording: the replay "
                      "cannot be exact")
+    if rec.preset_synthesized:
+        lines.append(f"            format {rec.format}: no dose preset readback recorded; the "
+                     "replay assumes the beam gate held each preset from the step after it was "
+                     "commanded")
     return "\n".join(lines)
 
 

@@ -55,9 +55,16 @@ def encode_snapshot(s: Snapshot) -> dict[str, Any]:
     }
 
 
-def decode_snapshot(d: dict[str, Any]) -> Snapshot:
+def decode_snapshot(d: dict[str, Any], preset_if_missing: float | None = None) -> Snapshot:
+    """The snapshot of a step record. ``preset_if_missing`` stands in for a beam-gate status
+    written before it held ``dose_preset_mu`` (format 1); without one such a status decodes
+    with the preset unknown (None), which the core takes for invalid data (IL-003)."""
     bg, xi = d["bg"], d["xi"]
-    bg_status = None if bg["status"] is None else BeamGateStatus(**bg["status"])
+    bg_status = None
+    if bg["status"] is not None:
+        raw_bg = dict(bg["status"])
+        raw_bg.setdefault("dose_preset_mu", preset_if_missing)
+        bg_status = BeamGateStatus(**raw_bg)
     xi_status = None
     if xi["status"] is not None:
         raw = dict(xi["status"])

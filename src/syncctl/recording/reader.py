@@ -15,7 +15,7 @@ from typing import Any
 
 from syncctl.core import Command, CoreParams, Snapshot
 from syncctl.recording.codec import decode_command, decode_params, decode_snapshot
-from syncctl.recording.recorder import FORMAT
+from syncctl.recording.recorder import FORMAT, FORMATS
 
 CHUNK = 1 << 16
 
@@ -44,6 +44,16 @@ class Recording:
     dropped: int = 0
     complete: bool = False
     bad_lines: int = 0
+    preset_synthesized: bool = False
+    """Format 1: the beam-gate status did not hold the dose preset read back. The reader fills
+    it in as an ideal device would have held it (0 until the first LOAD_DOSE_PRESET the
+    recording holds, then each preset from the step after it was commanded), so that the
+    replay through a core that checks it (IL-032/IL-033) is meaningful; a preset really lost
+    in such a recording (a reboot) cannot be seen."""
+
+    @property
+    def format(self) -> str:
+        return str(self.header.get("format"))
 
     @property
     def params(self) -> CoreParams:
@@ -86,16 +96,24 @@ def read_recording(path: Path) -> Recording:
         header = json.loads(lines[0])
     except json.JSONDecodeError:
         raise RecordingError(f"{path}: not a fraction recording (bad header)") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise RecordingError(f"{path}: not a fraction recording (format is not {FORMAT})")
+    if not isinstance(header, dict) or header.get("format") not in FORMATS:
+        raise RecordingError(f"{path}: not a fraction recording (format is not "
+                             f"{' or '.join(FORMATS)})")
     rec = Recording(path, header)
+    rec.preset_synthesized = header["format"] != FORMAT
+    ideal_preset: float | None = 0.0 if rec.preset_synthesized else None
     for line in lines[1:]:
         try:
             row = json.loads(line)
             kind = row["type"]
             if kind == "step":
-                rec.steps.append(StepRecord(row["i"], row["now"], decode_snapshot(row["snap"]),
+                rec.steps.append(StepRecord(row["i"], row["now"],
+                                            decode_snapshot(row["snap"], ideal_preset),
                                             decode_command(row["cmd"]), row["out"]))
+                out = row["out"]
+                if (rec.preset_synthesized and "load_dose_preset" in out["actions"]
+                        and out["dose_preset_mu"] is not None):
+                    ideal_preset = float(out["dose_preset_mu"])
             elif kind == "truth":
                 rec.truth.setdefault(row["device"], []).append(row["row"])
             elif kind == "dropped":

@@ -45,7 +45,11 @@ from syncctl.recording.codec import encode_command, encode_outputs, encode_param
 
 log = logging.getLogger("syncctl.recording")
 
-FORMAT = "syncctl-fraction/1"
+FORMAT = "syncctl-fraction/2"
+"""2: the beam-gate status holds ``dose_preset_mu`` (the dose preset read back, IL-032/IL-033).
+Recordings of format 1 still read (``syncctl.recording.reader``)."""
+FORMATS = ("syncctl-fraction/1", FORMAT)
+"""Every format the reader accepts."""
 SUFFIX = ".fraction.jsonl.gz"
 
 

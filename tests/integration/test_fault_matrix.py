@@ -118,10 +118,6 @@ class Expect:
     """For a cut link: this degraded rule (IL-030/IL-031) holds the beam, without a trip and in
     the mode of the injection, from the first failed transaction; the lost rule trips (or
     blocks the selection) only on a stale read (see check_degraded_then_lost)."""
-    undetected_without_dose: str | None = None
-    """A known gap (a finding, in the report and docs/reliability.md): when the beam-gate had
-    counted no dose since its power-up, the rules cannot see this fault; the case then checks
-    that nothing was let through and is reported as an expected failure with this text."""
 
 
 @dataclass(frozen=True)
@@ -133,14 +129,12 @@ T = frozenset
 BG_CUT, XI_CUT = "IL-030", "IL-031"
 IMAGING_MODES = (Mode.SETUP, Mode.READY, Mode.HOLD)
 
-DOSE_RESOLUTION_MU = 0.01
-"""The beam-gate controller's dose register counts in 0.01 MU (configs/registers/beam-gate.yaml)."""
-REBOOT_UNSEEN = (
-    "a beam-gate reboot is seen only as its dose counter going backwards (IL-003); with no "
-    "dose counted since power-up it is invisible: the dose preset loaded at selection is lost "
-    "and nothing trips (in TREATING the beam permit stays granted while the gate reads back "
-    "closed); with dose counted (TREATING or HOLD after the gate was open during a spill) "
-    "IL-003 trips")
+BG_REBOOT = T({"IL-033", "IL-003", "IL-012", "IL-001"})
+"""A beam-gate reboot: its dose preset, read back armed, falls to 0 (IL-033), which shows even
+before the dose counter has counted one 0.01 MU step (the case in SETUP and READY, where the
+device powered up at the start of the case). With dose counted (TREATING, HOLD), the counter
+going backwards makes the reading invalid (IL-003), which then names it alone. Until IL-033 a
+reboot with the counter still at 0 went unseen (docs/reliability.md, the finding)."""
 # -- TREATING (the gate open, imaging on): the measured deadlines of the first matrix ------------
 
 TREATING: dict[str, Expect] = {
@@ -165,8 +159,7 @@ TREATING: dict[str, Expect] = {
                                 degraded_first=BG_CUT),
     "beam_gate_disconnect": Expect(Mode.FAULT, T({"IL-001"}), XrayCommand.STOP, 0.5,
                                    degraded_first=BG_CUT),
-    "beam_gate_reboot": Expect(Mode.FAULT, T({"IL-003", "IL-012", "IL-001"}), XrayCommand.STOP,
-                               0.5, undetected_without_dose=REBOOT_UNSEEN),
+    "beam_gate_reboot": Expect(Mode.FAULT, BG_REBOOT, XrayCommand.STOP, 0.5),
     "tracking_loss": Expect(Mode.TREATING, T({"IL-026"}), XrayCommand.EXPOSE, 0.2),
     "frozen_frames": Expect(Mode.TREATING, T({"IL-025", "IL-024"}), XrayCommand.EXPOSE, 0.3),
     "delayed_frames": Expect(Mode.TREATING, T({"IL-024"}), XrayCommand.EXPOSE, 0.3),
@@ -203,8 +196,7 @@ def _imaging_mode(mode: Mode) -> dict[str, Expect | NotApplicable]:
         "dropped_responses": Expect(trip, T({"IL-001"}), stop, degraded_first=BG_CUT),
         "beam_gate_corrupt": Expect(trip, T({"IL-001", "IL-003"}), stop, degraded_first=BG_CUT),
         "beam_gate_disconnect": Expect(trip, T({"IL-001"}), stop, degraded_first=BG_CUT),
-        "beam_gate_reboot": Expect(trip, T({"IL-003", "IL-012", "IL-001"}), stop,
-                                   undetected_without_dose=REBOOT_UNSEEN),
+        "beam_gate_reboot": Expect(trip, BG_REBOOT, stop),
         "tracking_loss": Expect(mode, T({"IL-026"}), XrayCommand.EXPOSE),
         "frozen_frames": Expect(mode, T({"IL-025", "IL-024"}), XrayCommand.EXPOSE),
         "delayed_frames": Expect(mode, T({"IL-024"}), XrayCommand.EXPOSE),
@@ -474,6 +466,16 @@ async def bring_to(mode: Mode, run: CaseRun, driver: Driver, controller: Control
     def last() -> ControllerReport:
         return run.reports[-1]
 
+    if mode is not Mode.SAFE:
+        # The selection's dose preset read back armed (a cycle or two after the selection;
+        # ARM waits for it, SETUP does not), so that a fault that loses it is judged against
+        # an armed preset (IL-033), not one still on its way (IL-032).
+        def armed() -> bool:
+            plan = last().state.plan
+            return plan is not None and plan.preset_armed
+
+        assert await wait_until(armed, 2.0), timeline(run.reports)
+
     if mode is Mode.TREATING:
         def gate_open() -> bool:
             bg = last().snapshot.beam_gate
@@ -663,26 +665,9 @@ def judge(mode: Mode, fault_name: str, expect: Expect, run: CaseRun, room: Room,
                degraded_first=expect.degraded_first, max_cycle_gap_ms=round(gap * 1000, 1))
     if not truth_ok:
         problems.append("the ground truth did not reach the end of the case")
-    dose_at_t0 = room.truth.value_at("beam-gate", "dose_mu", run.injected_at)
-    # The device counts dose in 0.01 MU: below that its register still reads 0, and a reboot
-    # that resets it to 0 changes nothing the core can see.
-    # When the core did see it (the register had already shown a count), the case is judged
-    # as a detected one below.
-    if (expect.undetected_without_dose is not None and dose_at_t0 < DOSE_RESOLUTION_MU
-            and not trips):
-        # The known gap: check that nothing was let through, and say what happened.
-        out.update(kind="undetected", finding=expect.undetected_without_dose,
-                   rules_seen=sorted(tripped))
-        if final.state.mode is not mode or trips:
-            problems.append(f"undetected branch, but {final.state.mode.name} {trips}: the gap "
-                            "is closed, update the expectation")
-        expect = Expect(mode, T(), XrayCommand.EXPOSE, expect.gate_closes_within_s)
-        judge_audit(run, trips, expect, mode, out, problems)
-        if truth_ok:
-            judge_truth(mode, expect, run, room, out, problems, trip_at=None)
-        out.update(ok=not problems, problems=problems, failure="; ".join(problems)[:300],
-                   duration_s=round(run.ended_at - run.injected_at, 3))
-        return out
+    if fault_name == "beam_gate_reboot":
+        out["dose_at_injection_mu"] = room.truth.value_at("beam-gate", "dose_mu",
+                                                          run.injected_at)
     if final.state.mode is not expect.mode:
         problems.append(f"mode {final.state.mode.name}, expected {expect.mode.name}: "
                         f"{timeline(after)}")
@@ -840,8 +825,6 @@ async def test_fault_in_every_mode(room: Room, tmp_path: Path, mode: Mode,
         with room.results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(outcome) + "\n")
     assert not outcome["problems"], f"{mode.name}-{fault_name}: {outcome['problems']}"
-    if outcome.get("kind") == "undetected":
-        pytest.xfail(f"finding: {outcome['finding']}")
 
 
 def test_the_table_replaces_only_its_own_section(tmp_path: Path) -> None:

@@ -12,6 +12,9 @@ No deadline in any profile: a per-example deadline turns a slow, shared CI machi
 nondeterministic failures that a derandomized run cannot reproduce; the time budget of the
 suite is measured as a whole instead. No health check is suppressed here; a test that needs
 it says why where it does.
+
+Derandomized runs draw no constants from loaded modules (:func:`pin_local_constants`): the
+examples are a function of the test and the Hypothesis version, not of which tests ran before.
 """
 
 from __future__ import annotations
@@ -55,6 +58,51 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile(os.environ.get("SYNCCTL_HYPOTHESIS_PROFILE", "ci"))
+
+
+def pin_local_constants() -> bool:
+    """Stop Hypothesis from drawing constants out of whatever local modules are loaded.
+
+    Since 6.131, about one draw in 20 may take a literal found in the source of a loaded
+    module that is neither stdlib nor site-packages nor a test file: here every module of
+    syncctl, firmware_sim and bench that some test imported, and the ``pytest`` script when
+    run as ``.venv/bin/pytest``. That pool grows with each test that imports more of the
+    project, so a derandomized test generated other examples after other tests: the main
+    stateful test ran 471 fractions with 42 completions alone and 442 with 11 after
+    tests/unit/test_config.py, which only imports syncctl.config (430 and 0 after the whole
+    suite; docs/safety-invariants.md, "Reproducible runs"). With an empty pool a derandomized
+    run depends only on the test and the Hypothesis version: the same in any selection or
+    order of tests, and not shifted by an edit of an unrelated literal in src/.
+
+    Hypothesis has no setting for this; its internal hook is replaced. Returns False on a
+    Hypothesis without the feature; raises if the feature is there but the hook moved, so
+    that an upgrade cannot silently bring the dependence back
+    (tests/property/test_reproducible.py checks the effect itself)."""
+    from hypothesis.internal.conjecture import providers
+
+    hook = getattr(providers, "_get_local_constants", None)
+    if hook is None:
+        if hasattr(providers.HypothesisProvider, "_local_constants"):
+            raise RuntimeError(
+                "Hypothesis draws local constants but has no _get_local_constants hook any"
+                " more: update pin_local_constants in tests/conftest.py")
+        return False
+    from hypothesis.internal.constants_ast import Constants
+
+    none = Constants()
+    providers._get_local_constants = lambda: none
+    providers.CONSTANTS_CACHE.cache.clear()
+    return True
+
+
+LOCAL_CONSTANTS_PINNED = (
+    settings.default.derandomize
+    and os.environ.get("SYNCCTL_FUZZ_PROFILE", "ci") != "long"
+    and pin_local_constants()
+)
+"""True in derandomized runs (``ci``, ``dev``). The randomized ones (``qa``, the fuzz ``long``
+profile) keep Hypothesis's default: there, literals of the code are useful hints and the
+examples differ from run to run anyway."""
 
 
 # --- leaks: every test stops what it started ---------------------------------------------------

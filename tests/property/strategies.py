@@ -585,9 +585,13 @@ def nominal_time_steps() -> st.SearchStrategy[TimeStep]:
 
 
 def odd_time_steps() -> st.SearchStrategy[TimeStep]:
+    """Zero, backwards (anywhere down to -2 s, and often by less than a heartbeat period:
+    then every age still reads fresh and only the clock rule itself stops the beam), a jump,
+    or non-finite."""
     return st.one_of(
         st.just(TimeStep(0.0)),
         st.floats(-2.0, -1e-6).map(TimeStep),
+        st.floats(-0.02, -1e-6).map(TimeStep),
         st.floats(0.5001, 100.0).map(TimeStep),
         st.sampled_from((math.nan, math.inf, -math.inf)).map(
             lambda v: TimeStep(0.0, absolute=v)

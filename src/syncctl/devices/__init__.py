@@ -6,7 +6,7 @@ See docs/devices.md for the contract, the transaction plans and the timing rules
 
 from syncctl.devices.beam_gate import BeamGateClient, beam_gate_status
 from syncctl.devices.imaging import ImagingClient, imaging_status
-from syncctl.devices.modbus import ModbusLink, make_client
+from syncctl.devices.modbus import ModbusLink
 from syncctl.devices.signals import (
     DeviceDataError,
     LinkError,
@@ -43,7 +43,6 @@ __all__ = [
     "WriteBlock",
     "beam_gate_status",
     "imaging_status",
-    "make_client",
     "plan_reads",
     "plan_writes",
     "read_plan",

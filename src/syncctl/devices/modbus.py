@@ -494,6 +494,7 @@ class ModbusLink:
         loop = asyncio.get_running_loop()
         buffer = channel.buffer
         in_flight = (tid,)
+        rx_before_wait: float | None = None
         for _ in range(MAX_WAKEUPS):
             if channel.lost is not None:
                 raise ConnectionError(channel.lost)
@@ -520,31 +521,36 @@ class ModbusLink:
                 wake_at = deadline
                 if buffer:
                     # Part of a frame: if the line falls silent, the rest is not coming.
+                    # Silent means: a whole wait until then brought nothing (a late wake-up
+                    # after a stall of the process is not silence: pending bytes are read
+                    # before the timer fires).
                     quiet_at = channel.last_rx + self.silence_s
-                    if loop.time() >= quiet_at:
+                    if rx_before_wait == channel.last_rx and loop.time() >= quiet_at:
                         raise WireError("corrupt", f"incomplete frame of {len(buffer)} "
                                                    "byte(s), then silence")
                     wake_at = min(deadline, quiet_at)
             if loop.time() >= deadline:
                 raise _NoAnswer(f"no complete answer within {self.timeout_s:g} s")
+            rx_before_wait = channel.last_rx
             await channel.wait(wake_at)
         raise _NoAnswer("too many wake-ups")
 
     async def _settle(self, channel: _Channel, deadline: float) -> bool:
-        """After a damaged answer: wait for line silence, then discard the input. False if the
-        line did not fall silent before ``deadline``."""
+        """After a damaged answer: wait for line silence (a whole wait of ``silence_s`` with
+        no byte), then discard the input. False if the line did not fall silent before
+        ``deadline``."""
         if self._mbap:
             return True  # frames are taken by length: the stream is still in step
         loop = asyncio.get_running_loop()
         for _ in range(MAX_WAKEUPS):
-            now = loop.time()
-            quiet_at = channel.last_rx + self.silence_s
-            if now >= quiet_at:
-                channel.buffer.clear()  # the damaged answer (counted as corrupt, not stray)
-                return True
-            if now >= deadline or channel.lost is not None:
+            rx = channel.last_rx
+            quiet_at = rx + self.silence_s
+            if loop.time() >= deadline or channel.lost is not None:
                 return False
             await channel.wait(min(quiet_at, deadline))
+            if channel.last_rx == rx and loop.time() >= quiet_at:
+                channel.buffer.clear()  # the damaged answer (counted as corrupt, not stray)
+                return True
         return False
 
     def _timed_out(self, what: str, detail: str) -> NoReturn:

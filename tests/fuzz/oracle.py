@@ -1,9 +1,12 @@
-"""An independent decoder of register words (``struct``, not ``syncctl.config``'s codec) and a
-fake register backend, shared by the Modbus fuzz targets.
+"""An independent decoder of register words (``struct``, not ``syncctl.config``'s codec), an
+independent reader of Modbus answer frames (not ``syncctl.devices.wire``), and a fake register
+backend, shared by the Modbus fuzz targets.
 
 The oracle knows the register types and the two device statuses field by field; it answers
 what a status read *must* decode to, or None when the words cannot be a valid answer (wrong
 count, a word outside 16 bits, a flag other than 0/1, a bool register other than 0/1).
+:func:`read_answer_words` says which words an answer frame on the wire carries for a read
+request, or None when it is not the right answer to it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,61 @@ def raw_value(type_: str, words: Sequence[int], word_order: str) -> int | None:
     if type_ == "bool" and value not in (0, 1):
         return None
     return value
+
+
+def crc16_bitwise(data: bytes) -> bytes:
+    """Modbus CRC-16 (poly 0xA001, init 0xFFFF), bit by bit, low byte first: written here, not
+    taken from the client's table-driven one."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return bytes([crc & 0xFF, crc >> 8])
+
+
+def mbap_frame_with(stream: bytes, tid: int) -> bytes | None:
+    """The first whole MBAP frame of ``stream`` with transaction id ``tid``, skipping whole
+    frames with other ids; None if there is none or the stream is out of step first."""
+    for _ in range(len(stream)):
+        if len(stream) < 7 or stream[2:4] != b"\0\0":
+            return None
+        size = 6 + int.from_bytes(stream[4:6], "big")
+        if size < 8 or len(stream) < size:
+            return None
+        if int.from_bytes(stream[:2], "big") == tid:
+            return stream[:size]
+        stream = stream[size:]
+    return None
+
+
+def read_answer_words(answer: bytes, request: bytes, rtu: bool) -> list[int] | None:
+    """The values (words, or 0/1 bits) that ``answer`` carries if it is a right answer to the
+    read ``request`` (both whole frames as on the wire, RTU or MBAP); None otherwise. An RTU
+    answer may be followed by other bytes; an MBAP one must have the request's transaction
+    id."""
+    if rtu:
+        unit, function, _, count = struct.unpack(">BBHH", request[:6])
+        head = 0
+    else:
+        tid, _, _, unit, function, _, count = struct.unpack(">HHHBBHH", request[:12])
+        found = mbap_frame_with(answer, tid)
+        if found is None:
+            return None
+        answer, head = found, 6
+    bits = function in (1, 2)
+    size = (count + 7) // 8 if bits else 2 * count
+    body = answer[head:head + 3 + size]
+    if len(body) != 3 + size or body[0] != unit or body[1] != function or body[2] != size:
+        return None
+    if rtu and answer[3 + size:5 + size] != crc16_bitwise(body):
+        return None
+    if not rtu and len(answer) != head + 3 + size:
+        return None
+    data = body[3:]
+    if bits:
+        return [data[i // 8] >> (i % 8) & 1 for i in range(count)]
+    return [int.from_bytes(data[i:i + 2], "big") for i in range(0, size, 2)]
 
 
 class Words:
@@ -113,8 +171,8 @@ def imaging_oracle(w: Words) -> ImagingStatus | None:
 class FakeBackend:
     """A ``RegisterBackend`` over an in-memory register image. Writes are stored (so settings
     read back equal); ``answer`` replaces the words of the next read of the status block, or
-    raises a LinkError in its place (dropping the link for every kind but ``exception``, as
-    ``ModbusLink`` does)."""
+    raises a LinkError in its place (dropping the link for every kind but ``exception`` and
+    ``corrupt``, as ``ModbusLink`` does)."""
 
     def __init__(self, status_block: ReadBlock) -> None:
         self.stats: dict[str, int] = {"transactions": 0, "failures": 0}
@@ -166,7 +224,7 @@ class FakeBackend:
             if isinstance(answer, LinkError):
                 self.served = answer
                 self.stats["failures"] += 1
-                if answer.kind != "exception":
+                if answer.kind not in ("exception", "corrupt"):
                     self.drop(str(answer))
                 raise answer
             if isinstance(answer, tuple):

@@ -8,13 +8,18 @@ Targets (docs/fuzzing.md):
 2. ``decode_status``: a status read (``ReadPlan.values`` + ``beam_gate_status`` /
    ``imaging_status``) fed arbitrary words per block, wrong counts included: only
    ``DeviceDataError``, and a status only when the oracle finds the words valid, equal to it.
-3. ``link_pdu``: ``ModbusLink.read``/``write`` answered by whatever pymodbus's own PDU decoder
-   makes of arbitrary bytes (wrong function codes, wrong counts, exception responses), or by a
-   client-library exception: only ``LinkError``; a read returns exactly ``count`` 16-bit words
-   (0/1 for bits) and only from the right answer; the link is dropped on a malformed answer
-   or a timeout and kept on an exception response.
-4. ``framer``: pymodbus's RTU and MBAP framers (the client side, no socket) on arbitrary bytes:
-   what escapes into the transport's ``data_received``.
+3. ``link_pdu``: the real ``ModbusLink.read``/``write`` (its RTU and its MBAP path) over a
+   scripted line that answers each request with the right frame or a mutation of it (function
+   code, a byte, shorter, longer, another unit, a bad CRC, a wrong MBAP length or transaction
+   id, garbage before it), an exception answer, arbitrary bytes, silence or a lost line, in
+   pieces: only ``LinkError``; no hang; a read returns exactly ``count`` 16-bit words (0/1 for
+   bits), and only those of a frame an independent reader (tests/fuzz/oracle.py) finds to be
+   the right answer; a read is asked again only after damaged bytes, a write never; the link
+   is dropped on a malformed answer, a timeout or a lost line, and kept otherwise.
+4. ``framer``: our parsers (``syncctl.devices.wire.Rtu`` / ``Mbap``) on arbitrary bytes and
+   frames amid garbage: only ``WireError``; a frame is taken only with its CRC (checked by an
+   independent CRC), the same from every longer prefix and from no shorter one; values only
+   when the frame answers the request, equal to what the independent reader finds.
 5. ``core_e2e``: the real ``BeamGateClient``/``ImagingClient`` over an in-memory register image
    of a plausible room, driven by the pure core into TREATING with the gate open; then status
    answers are replaced by fuzzed ones. No permit is ever granted from a malformed answer;
@@ -34,9 +39,6 @@ from unittest import mock
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
-from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
-from pymodbus.framer import FramerRTU, FramerSocket
-from pymodbus.pdu import DecodePDU
 
 from syncctl.config import (
     CodecError,
@@ -50,7 +52,7 @@ from syncctl.config import (
     load_room,
 )
 from syncctl.config.registers import RAW_RANGE
-from syncctl.config.room import ModbusRtu
+from syncctl.config.room import ModbusRtu, ModbusTcp
 from syncctl.core import (
     BeamGateStatus,
     Command,
@@ -72,15 +74,33 @@ from syncctl.devices import (
     ModbusLink,
     beam_gate_status,
     imaging_status,
+    modbus,
 )
 from syncctl.devices.modbus import READ_FUNCTION
 from syncctl.devices.signals import SignalDevice
+from syncctl.devices.wire import (
+    ExceptionAnswer,
+    Frame,
+    Mbap,
+    Request,
+    Rtu,
+    Stray,
+    WireError,
+    answer_values,
+    check_answer,
+    mbap_frame,
+    read_request,
+    rtu_frame,
+)
 from tests.fuzz.oracle import (
     FakeBackend,
     Words,
     beam_gate_oracle,
+    crc16_bitwise,
     imaging_oracle,
+    mbap_frame_with,
     raw_value,
+    read_answer_words,
 )
 from tests.fuzz.profiles import fuzz
 from tests.property.invariants import bad_values
@@ -217,31 +237,38 @@ def test_status_decoding_refuses_malformed_words(data: st.DataObject, device: st
     assert status == expected
 
 
-# -- 3. ModbusLink against arbitrary PDUs ---------------------------------------------------
+# -- 3. ModbusLink against arbitrary answers on the wire --------------------------------------
 
 
-class FakeClient:
-    """Stands in for the pymodbus client: every call returns (or raises) ``answer``."""
+class WireChannel(modbus._Channel):
+    """Stands in for the socket or serial line under the real ``ModbusLink``: each request sent
+    is answered by the next scripted answer (bytes built from the request, delivered in
+    chunks), by silence, or by the line going away."""
 
-    def __init__(self, answer: tuple[str, Any]) -> None:
-        self.answer = answer
-        self.connected = False
+    def __init__(self, stats: dict[str, int], script: list[AnswerSpec], rtu: bool) -> None:
+        super().__init__(stats)
+        self.script = script
+        self.rtu = rtu
+        self.exchanges: list[tuple[bytes, bytes | None]] = []
+        """(request frame, answer bytes) in order."""
 
-    async def connect(self) -> bool:
-        self.connected = True
-        return True
-
-    def close(self) -> None:
-        self.connected = False
-
-    async def call(self, *args: Any, **kwargs: Any) -> Any:
-        kind, value = self.answer
-        if kind == "raise":
-            raise value
-        return value
-
-    read_input_registers = read_holding_registers = read_coils = read_discrete_inputs = call
-    write_register = write_registers = write_coil = write_coils = call
+    def send(self, data: bytes) -> None:
+        if self.lost is not None:
+            raise ConnectionError(self.lost)
+        spec = self.script.pop(0) if self.script else AnswerSpec("silence")
+        if spec.kind == "lost":
+            self.exchanges.append((data, None))
+            self._loop.call_soon(self.connection_lost, "fuzz: line gone")
+            return
+        answer = spec.realise(data, self.rtu)
+        self.exchanges.append((data, answer))
+        if not answer:
+            return
+        cuts = sorted({c for c in spec.cuts if 0 < c < len(answer)})
+        pieces = [answer[a:b] for a, b in zip([0, *cuts], [*cuts, len(answer)], strict=True)]
+        for i, piece in enumerate(pieces):
+            # Well inside the 2 ms silence that ends a frame.
+            self._loop.call_later(0.0002 * i, self.received, piece)
 
 
 FUNCTION_CODES = (1, 2, 3, 4, 5, 6, 15, 16, 0x81, 0x82, 0x83, 0x84, 0x85, 0x86, 0x8F, 0x90)
@@ -265,16 +292,11 @@ def response_frames(draw: st.DrawFn) -> bytes:
     return draw(st.binary(max_size=40))
 
 
-LIBRARY_ERRORS = (ModbusIOException("no answer"), ConnectionException("gone"),
-                  ModbusException("odd"), TimeoutError(), OSError(5, "EIO"),
-                  ConnectionResetError())
-
-
 WRITE_FC = {("holding", True): 6, ("holding", False): 16, ("coil", True): 5,
             ("coil", False): 15}
 
 
-def _right_frame(op: tuple[Any, ...], words: list[int]) -> bytes:
+def _right_pdu(op: tuple[Any, ...], words: list[int]) -> bytes:
     """The PDU a correct device would answer ``op`` with (``words``: what a read returns)."""
     kind, table, address, arg = op
     if kind == "read":
@@ -293,53 +315,126 @@ def _right_frame(op: tuple[Any, ...], words: list[int]) -> bytes:
     return bytes([fc]) + address.to_bytes(2, "big") + len(arg).to_bytes(2, "big")
 
 
+def _rtu_frame(unit: int, pdu: bytes, good_crc: bool = True) -> bytes:
+    frame = bytes([unit]) + pdu
+    crc = crc16_bitwise(frame)
+    return frame + (crc if good_crc else bytes([crc[0] ^ 0xFF, crc[1]]))
+
+
+def _mbap_frame(tid: int, unit: int, pdu: bytes, length: int | None = None) -> bytes:
+    size = len(pdu) + 1 if length is None else length
+    return tid.to_bytes(2, "big") + b"\0\0" + size.to_bytes(2, "big") + bytes([unit]) + pdu
+
+
+@dataclasses.dataclass
+class AnswerSpec:
+    """How the device answers one request: ``kind`` and what it needs, made into bytes only
+    when the request is known (the MBAP transaction id comes with it)."""
+
+    kind: str
+    pdu: bytes = b""
+    """The PDU of the answer (right, mutated or random)."""
+    extra: bytes = b""
+    before: bytes = b""
+    unit_delta: int = 0
+    tid_delta: int = 0
+    good_crc: bool = True
+    length: int | None = None
+    cuts: tuple[int, ...] = ()
+
+    def realise(self, request: bytes, rtu: bool) -> bytes:
+        if self.kind == "silence":
+            return b""
+        if rtu:
+            unit = (request[0] + self.unit_delta) & 0xFF
+            return self.before + _rtu_frame(unit, self.pdu, self.good_crc) + self.extra
+        tid = (int.from_bytes(request[:2], "big") + self.tid_delta) & 0xFFFF
+        unit = (request[6] + self.unit_delta) & 0xFF
+        frame = _mbap_frame(tid, unit, self.pdu, self.length)
+        if self.kind == "stray_then_right":
+            right = _mbap_frame(int.from_bytes(request[:2], "big"), request[6], self.extra)
+            return frame + right
+        return self.before + frame + self.extra
+
+
 @st.composite
-def link_answers(draw: st.DrawFn, op: tuple[Any, ...]) -> tuple[str, Any]:
-    """The right answer to ``op``, or one mutation of it (function code, a byte, the length,
-    an exception response), arbitrary response bytes, or a client-library exception; decoded
-    by pymodbus's own PDU decoder, as its client would."""
-    choice = draw(st.sampled_from(("right", "right", "mutated", "mutated", "mutated",
-                                   "exception", "random", "raise", "none")))
-    if choice == "raise":
-        return "raise", draw(st.sampled_from(LIBRARY_ERRORS))
-    if choice == "none":
-        return "pdu", None
+def answer_specs(draw: st.DrawFn, op: tuple[Any, ...]) -> AnswerSpec:
+    """The right answer to ``op``, or one mutation of it (function code, a byte, shorter,
+    longer, another unit, a bad CRC, another transaction id, garbage before it), an exception
+    response, arbitrary response bytes, silence, or the line going away."""
+    kind = draw(st.sampled_from((
+        "right", "right", "right", "mutated", "mutated", "mutated", "bad_crc", "unit",
+        "exception", "random", "noise", "silence", "lost", "stray_then_right")))
+    cuts = tuple(draw(st.lists(st.integers(1, 60), max_size=3)))
     words = draw(st.lists(words_16, min_size=25, max_size=25))
-    frame = _right_frame(op, words)
-    if choice == "mutated":
-        how = draw(st.sampled_from(("fc", "byte", "shorter", "longer")))
+    pdu = _right_pdu(op, words)
+    if kind in ("silence", "lost"):
+        return AnswerSpec(kind)
+    if kind == "mutated":
+        how = draw(st.sampled_from(("fc", "byte", "shorter", "longer", "length", "before")))
         if how == "fc":
-            frame = bytes([draw(st.sampled_from(FUNCTION_CODES))]) + frame[1:]
+            pdu = bytes([draw(st.sampled_from(FUNCTION_CODES))]) + pdu[1:]
         elif how == "byte":
-            at = draw(st.integers(1, len(frame) - 1))
-            frame = frame[:at] + bytes([draw(st.integers(0, 255))]) + frame[at + 1:]
+            at = draw(st.integers(1, len(pdu) - 1))
+            pdu = pdu[:at] + bytes([draw(st.integers(0, 255))]) + pdu[at + 1:]
         elif how == "shorter":
-            frame = frame[:draw(st.integers(1, len(frame) - 1))]
+            pdu = pdu[:draw(st.integers(1, len(pdu) - 1))]
+        elif how == "longer":
+            return AnswerSpec(kind, pdu, extra=draw(st.binary(min_size=1, max_size=6)),
+                              cuts=cuts)
+        elif how == "length":
+            return AnswerSpec(kind, pdu, length=draw(st.integers(0, 0xFFFF)), cuts=cuts)
         else:
-            frame = frame + draw(st.binary(min_size=1, max_size=6))
-    elif choice == "exception":
-        frame = bytes([frame[0] | 0x80, draw(st.integers(0, 255))])
-    elif choice == "random":
-        frame = draw(response_frames())
-    return "pdu", DecodePDU(is_server=False).decode(frame)
+            return AnswerSpec(kind, pdu, before=draw(st.binary(min_size=1, max_size=6)),
+                              cuts=cuts)
+        return AnswerSpec(kind, pdu, cuts=cuts)
+    if kind == "bad_crc":
+        return AnswerSpec(kind, pdu, good_crc=False, cuts=cuts)
+    if kind == "unit":
+        return AnswerSpec(kind, pdu, unit_delta=draw(st.integers(1, 255)), cuts=cuts)
+    if kind == "exception":
+        return AnswerSpec(kind, bytes([pdu[0] | 0x80, draw(st.integers(0, 255))]), cuts=cuts)
+    if kind == "random":
+        return AnswerSpec(kind, draw(response_frames()), cuts=cuts)
+    if kind == "noise":
+        return AnswerSpec(kind, b"", before=draw(st.binary(min_size=1, max_size=60)),
+                          good_crc=draw(st.booleans()), cuts=cuts)
+    if kind == "stray_then_right":
+        return AnswerSpec(kind, draw(response_frames()), extra=pdu,
+                          tid_delta=draw(st.integers(1, 0xFFFF)), cuts=cuts)
+    return AnswerSpec(kind, pdu, cuts=cuts)
 
 
-TRANSPORT = ModbusRtu(kind="modbus-rtu", port="/nonexistent/fuzz", unit=2)
+TRANSPORTS = {
+    "rtu": ModbusRtu(kind="modbus-rtu", port="/nonexistent/fuzz", unit=2),
+    "tcp": ModbusTcp(kind="modbus-tcp", host="127.0.0.1", port=1, unit=2),
+}
+LINK_TIMEOUT_S = 0.02
 
 
-async def _link_call(answer: tuple[str, Any], op: tuple[Any, ...]
-                     ) -> tuple[ModbusLink, list[int] | LinkError | None]:
-    client = FakeClient(answer)
-    with mock.patch("syncctl.devices.modbus.make_client", lambda *a, **k: client):
-        link = ModbusLink(TRANSPORT, timeout_s=0.05)
+async def _link_call(script: list[AnswerSpec], op: tuple[Any, ...], transport: str
+                     ) -> tuple[ModbusLink, WireChannel, list[int] | LinkError | None, bool]:
+    """One transaction of the real link over a scripted line; also whether the link was
+    still connected afterwards."""
+    link = ModbusLink(TRANSPORTS[transport], timeout_s=LINK_TIMEOUT_S)
+    channel = WireChannel(link.stats, script, rtu=transport == "rtu")
+
+    async def open_fake() -> WireChannel:
+        return channel
+
+    with mock.patch.object(link, "_open", open_fake):
         assert await link.connect()
-        try:
-            if op[0] == "read":
-                return link, await link.read(op[1], op[2], op[3])
+    result: list[int] | LinkError | None = None
+    try:
+        if op[0] == "read":
+            result = await link.read(op[1], op[2], op[3])
+        else:
             await link.write(op[1], op[2], op[3])
-            return link, None
-        except LinkError as exc:
-            return link, exc
+    except LinkError as exc:
+        result = exc
+    connected = link.connected
+    await link.close()
+    return link, channel, result, connected
 
 
 @st.composite
@@ -353,115 +448,189 @@ def link_ops(draw: st.DrawFn) -> tuple[Any, ...]:
     return "write", table, draw(st.integers(0, 20)), values
 
 
-def _right_read_answer(pdu: Any, table: str, count: int) -> bool:
-    if pdu is None or pdu.isError() or pdu.function_code != READ_FUNCTION[table]:
-        return False
-    if table in ("coil", "discrete"):
-        return count <= len(pdu.bits) < count + 8
-    return len(pdu.registers) == count
+def _write_acknowledged(op: tuple[Any, ...], request: bytes, answer: bytes, rtu: bool) -> bool:
+    """Independently: ``answer`` is the acknowledgement of the write ``op`` that echoes it."""
+    pdu = _right_pdu(op, [])
+    if rtu:
+        expected = _rtu_frame(request[0], pdu)
+        return answer[:len(expected)] == expected
+    frame = mbap_frame_with(answer, int.from_bytes(request[:2], "big"))
+    return frame == _mbap_frame(int.from_bytes(request[:2], "big"), request[6], pdu)
 
 
 @fuzz("link_pdu")
-@given(data=st.data(), op=link_ops())
+@given(data=st.data(), op=link_ops(), transport=st.sampled_from(("rtu", "tcp")))
 def test_link_raises_only_link_error_and_returns_only_the_right_answer(
-        data: st.DataObject, op: tuple[Any, ...]) -> None:
-    answer = data.draw(link_answers(op))
-    link, result = asyncio.run(_link_call(answer, op))
-    kind, pdu = answer
+        data: st.DataObject, op: tuple[Any, ...], transport: str) -> None:
+    """The real ``ModbusLink`` (its RTU or MBAP path) over a scripted line: only LinkError;
+    a read returns exactly ``count`` values, and only those of a frame that an independent
+    reader (tests/fuzz/oracle.py) finds to be the right answer to the request sent last; the
+    link is dropped on a timeout, a lost line or an intact answer that does not match, and
+    kept on an exception answer, a refused write or a damaged answer."""
+    script = [data.draw(answer_specs(op), label="answer"),
+              data.draw(answer_specs(op), label="answer to the second asking")]
+    rtu = transport == "rtu"
+    link, channel, result, connected = asyncio.run(_link_call(script, op, transport))
     assert link.stats["transactions"] == 1
+    dropping = isinstance(result, LinkError) and result.kind in ("timeout", "disconnected",
+                                                                  "malformed")
+    assert connected is not dropping, f"{result}: connected={connected}"
+    assert link.stats["drops"] == int(dropping)
+    asked = len(channel.exchanges)
+    assert 1 <= asked <= 2
+    if asked == 2:
+        assert op[0] == "read", "a write was sent twice"
+        assert link.stats["corrupt"] >= 1, "asked again without a damaged answer"
+    request, answer = channel.exchanges[-1]
     if isinstance(result, LinkError):
-        assert result.kind in ("timeout", "disconnected", "malformed", "exception", "refused")
+        assert result.kind in ("timeout", "disconnected", "malformed", "exception", "refused",
+                               "corrupt")
         assert link.stats["failures"] == 1
-        if result.kind in ("timeout", "disconnected", "malformed"):
-            assert not link.connected, "a failed transaction must close the link"
-        else:
-            assert link.connected, f"{result.kind}: the device answered; keep the link"
+        event(f"{transport} {op[0]}: {result.kind}" + (" (asked again)" if asked == 2 else ""))
         if op[0] == "read":
-            assert not (kind == "pdu" and _right_read_answer(pdu, op[1], op[3])), (
-                f"refused the right answer {pdu}: {result}")
-        event(f"{op[0]}: {result.kind}")
+            assert answer is None or read_answer_words(answer, request, rtu) is None, (
+                f"refused the right answer {answer!r}: {result}")
         return
     assert link.stats["failures"] == 0
-    assert kind == "pdu" and pdu is not None and not pdu.isError()
+    assert answer is not None
     if op[0] == "read":
         _, table, _, count = op
-        assert isinstance(result, list)
-        assert _right_read_answer(pdu, table, count), f"accepted {pdu} for {op}"
-        assert len(result) == count
+        assert isinstance(result, list) and len(result) == count
         limit = 1 if table in ("coil", "discrete") else 0xFFFF
         assert all(isinstance(w, int) and 0 <= w <= limit for w in result)
-        delivered = (list(pdu.registers) if limit > 1
-                     else [int(bool(b)) for b in pdu.bits[:count]])
-        assert result == delivered
+        assert result == read_answer_words(answer, request, rtu), (
+            f"accepted {answer!r} for {op}: {result}")
     else:
-        _, table, address, values = op
-        expected_fc = WRITE_FC[(table, len(values) == 1)]
-        assert pdu.function_code == expected_fc and pdu.address == address
-        if len(values) == 1:
-            echoed = pdu.registers if table == "holding" else [int(bool(pdu.bits[0]))]
-            assert list(echoed) == values
-        else:
-            assert pdu.count == len(values)
-    event(f"{op[0]}: {'ok' if not isinstance(result, LinkError) else result.kind}")
+        assert _write_acknowledged(op, request, answer, rtu), f"accepted {answer!r} for {op}"
+    event(f"{transport} {op[0]}: ok" + (" (asked again)" if asked == 2 else ""))
 
 
-# -- 4. the framers ----------------------------------------------------------------------
-
-
-def _rtu_frame(unit: int, pdu: bytes, good_crc: bool = True) -> bytes:
-    frame = bytes([unit]) + pdu
-    crc = FramerRTU.compute_CRC(frame)
-    return frame + (crc if good_crc else crc ^ 0x1).to_bytes(2, "big")
+# -- 4. the parsers (syncctl.devices.wire) ---------------------------------------------------
 
 
 @st.composite
-def wire_bytes(draw: st.DrawFn) -> bytes:
-    """Arbitrary bytes, or a response frame (good or bad CRC, or MBAP header) among
-    garbage."""
-    shape = draw(st.sampled_from(("random", "rtu", "rtu_bad_crc", "mbap")))
+def wire_bytes(draw: st.DrawFn, request: Request, unit: int, tid: int) -> bytes:
+    """Arbitrary bytes, or a response frame (the right answer to ``request``, another one, a
+    good or bad CRC, an MBAP header) among garbage."""
+    shape = draw(st.sampled_from(("random", "rtu", "rtu_bad_crc", "mbap", "right_rtu",
+                                  "right_mbap")))
     if shape == "random":
         return draw(st.binary(max_size=300))
-    pdu = draw(response_frames())
-    if shape == "mbap":
-        length = draw(st.one_of(st.just(len(pdu) + 1), st.integers(0, 0xFFFF)))
-        head = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big") + b"\0\0" + length.to_bytes(
-            2, "big") + bytes([draw(st.integers(0, 255))])
-        frame = head + pdu
+    if shape.startswith("right"):
+        words = draw(st.lists(words_16, min_size=request.count, max_size=request.count))
+        table = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}[request.function]
+        pdu = _right_pdu(("read", table, request.address, request.count), words)
     else:
-        frame = _rtu_frame(draw(st.integers(0, 255)), pdu, shape == "rtu")
-    before = draw(st.binary(max_size=8))
+        pdu = draw(response_frames())
+    exact = shape.startswith("right") and draw(st.sampled_from((True, True, True, False)))
+    if exact:
+        frame = (_mbap_frame(tid, unit, pdu) if shape == "right_mbap"
+                 else _rtu_frame(unit, pdu))
+        return frame + draw(st.binary(max_size=8))
+    if shape in ("mbap", "right_mbap"):
+        length = draw(st.one_of(st.just(len(pdu) + 1), st.integers(0, 0xFFFF)))
+        frame = _mbap_frame(draw(st.one_of(st.just(tid), st.integers(0, 0xFFFF))),
+                            draw(st.one_of(st.just(unit), st.integers(0, 255))), pdu, length)
+    else:
+        frame = _rtu_frame(draw(st.one_of(st.just(unit), st.integers(0, 255))), pdu,
+                           shape != "rtu_bad_crc")
+    before = draw(st.one_of(st.just(b""), st.binary(max_size=8)))
     after = draw(st.binary(max_size=8))
     return before + frame + after
 
 
-@fuzz("framer")
-@given(data=wire_bytes(), rtu=st.booleans(), unit=st.integers(0, 3))
-def test_framers_consume_any_bytes(data: bytes, rtu: bool, unit: int) -> None:
-    """What reaches pymodbus's transport from the line: ``handleFrame`` returns, or raises
-    ModbusIOException ("Unable to decode"); the Modbus client then answers with its timeout
-    (test_fuzz_serial shows the client in that case). Nothing else may escape."""
-    framer = (FramerRTU if rtu else FramerSocket)(DecodePDU(is_server=False))
+@st.composite
+def read_requests(draw: st.DrawFn) -> Request:
+    return read_request(draw(st.sampled_from((1, 2, 3, 4))), draw(st.integers(0, 100)),
+                        draw(st.integers(1, 20)))
+
+
+def _values_or_refusal(request: Request, frame: Frame, unit: int) -> list[int] | None:
     try:
-        used, pdu = framer.handleFrame(data, unit, 0)
-    except ModbusIOException:
+        check_answer(request, unit, frame)
+    except (WireError, ExceptionAnswer):
+        return None
+    return answer_values(request, frame.pdu)
+
+
+@fuzz("framer")
+@given(draw=st.data(), unit=st.integers(0, 3), request=read_requests())
+def test_rtu_parser_consumes_any_bytes(draw: st.DataObject, unit: int, request: Request
+                                       ) -> None:
+    """``Rtu.parse`` on any bytes: None (incomplete), WireError("corrupt"), or a frame whose
+    CRC an independent CRC confirms; the same frame from any longer prefix and None from any
+    shorter one (bytes arriving in pieces); values only when the frame answers the request, and
+    then exactly the ones an independent reader finds."""
+    data = draw.draw(wire_bytes(request, unit, 0), label="bytes")
+    try:
+        parsed = Rtu.parse(data)
+    except WireError as exc:
+        assert exc.kind == "corrupt"
+        event("rtu: corrupt")
         return
-    assert 0 <= used <= len(data)
-    if pdu is not None and rtu:
-        assert not unit or pdu.dev_id == unit
+    if parsed is None:
+        event("rtu: incomplete")
+        return
+    frame, size = parsed
+    assert 5 <= size <= len(data)
+    assert crc16_bitwise(data[:size - 2]) == data[size - 2:size]
+    assert (frame.unit, frame.pdu) == (data[0], data[1:size - 2])
+    assert all(Rtu.parse(data[:k]) is None for k in range(size))
+    assert Rtu.parse(data[:size]) == parsed
+    values = _values_or_refusal(request, frame, unit)
+    request_frame = rtu_frame(unit, request.pdu)
+    assert values == read_answer_words(data, request_frame, rtu=True)
+    event(f"rtu: frame, {'values' if values is not None else 'refused'}")
+
+
+@fuzz("framer")
+@given(draw=st.data(), unit=st.integers(0, 3), request=read_requests(),
+       tid=st.integers(0, 0xFFFF))
+def test_mbap_parser_consumes_any_bytes(draw: st.DataObject, unit: int, request: Request,
+                                        tid: int) -> None:
+    """``Mbap.parse``: None, WireError("corrupt") (the stream is out of step), a stray
+    (another transaction id), or the frame its length field delimits; values only when it
+    answers the request."""
+    data = draw.draw(wire_bytes(request, unit, tid), label="bytes")
+    try:
+        taken = Mbap.parse(data, {tid})
+    except WireError as exc:
+        assert exc.kind == "corrupt"
+        event("mbap: out of step")
+        return
+    if taken is None:
+        assert len(data) < 7 or len(data) < 6 + int.from_bytes(data[4:6], "big")
+        event("mbap: incomplete")
+        return
+    item, size = taken
+    assert 8 <= size == 6 + int.from_bytes(data[4:6], "big") <= len(data)
+    if isinstance(item, Stray):
+        assert item.transaction_id == int.from_bytes(data[:2], "big") != tid
+        event("mbap: stray")
+        return
+    assert item.transaction_id == tid and item.pdu == data[7:size]
+    values = _values_or_refusal(request, item, unit)
+    request_frame = mbap_frame(tid, unit, request.pdu)
+    assert values == read_answer_words(data[:size], request_frame, rtu=False)
+    event(f"mbap: frame, {'values' if values is not None else 'refused'}")
 
 
 @fuzz("framer")
 @given(unit=st.integers(1, 247), words=st.lists(words_16, min_size=1, max_size=40),
        good_crc=st.booleans())
-def test_rtu_framer_takes_a_frame_only_with_its_crc(unit: int, words: list[int],
+def test_rtu_parser_takes_a_frame_only_with_its_crc(unit: int, words: list[int],
                                                     good_crc: bool) -> None:
     body = b"".join(w.to_bytes(2, "big") for w in words)
     frame = _rtu_frame(unit, bytes([4, len(body)]) + body, good_crc)
-    used, pdu = FramerRTU(DecodePDU(is_server=False)).handleFrame(frame, unit, 0)
+    request = read_request(4, 0, len(words))
     if good_crc:
-        assert pdu is not None and list(pdu.registers) == words and used == len(frame)
+        parsed = Rtu.parse(frame)
+        assert parsed is not None and parsed[1] == len(frame)
+        check_answer(request, unit, parsed[0])
+        assert answer_values(request, parsed[0].pdu) == words
     else:
-        assert pdu is None, "a frame with a wrong CRC was decoded"
+        with pytest.raises(WireError, match="CRC"):
+            Rtu.parse(frame)
 
 
 # -- 5. end to end: clients + pure core ------------------------------------------------------
@@ -584,7 +753,7 @@ def status_answers(draw: st.DrawFn, count: int) -> Answer:
         n = draw(st.integers(0, count + 4).filter(lambda n: n != count))
         return draw(st.lists(words_16, min_size=n, max_size=n))
     return LinkError(draw(st.sampled_from(("timeout", "malformed", "disconnected",
-                                           "exception"))), "fuzzed")
+                                           "exception", "corrupt"))), "fuzzed")
 
 
 def _in_range(snapshot: Snapshot) -> list[str]:

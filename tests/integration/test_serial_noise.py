@@ -2,16 +2,20 @@
 controller treats, against the simulators (beam gate on loopback TCP).
 
 The simulators damage a share of the imaging answers on request (backdoor register
-``imaging.corrupt_percent``: the CRC of the answer is wrong). The RTU client drops a damaged
-frame, waits out its transaction timeout (60 ms in configs/room-sim.yaml), closes the line
-and opens a new, re-verified session (docs/devices.md); meanwhile the reading is unhealthy:
-the beam waits (IL-031, degraded) and the fraction goes on. If no good status arrives within
-``device_stale_ms`` (100 ms) the imaging controller is lost (IL-002) and the fraction trips.
+``imaging.corrupt_percent``: the CRC of the answer is wrong). The RTU client (syncctl's own,
+docs/devices.md) sees the bad CRC as soon as the frame is in, waits for the line to fall
+silent (2 ms on the pty), discards it and asks a read once more within the same transaction
+timeout; the line and the session are kept. A write whose answer is damaged is not repeated:
+it fails (a heartbeat is written again next cycle). Only when a read's second answer is
+damaged too is the reading unhealthy: the beam waits (IL-031, degraded) and the fraction goes
+on. If no good status arrives within ``device_stale_ms`` (100 ms) the imaging controller is
+lost (IL-002) and the fraction trips.
 
-- At a tolerable rate (``TOLERABLE_PERCENT``) the fraction goes on: no trip, degraded
-  intervals hold the beam briefly, the beam comes back.
-- At an intolerable rate (``INTOLERABLE_PERCENT``) freshness is lost: IL-002 trips within
-  ``TRIP_BOUND_S`` of the injection and the simulator's gate is closed.
+- At a tolerable rate (``TOLERABLE_PERCENT``) the fraction goes on: no trip, the last good
+  read stays far younger than ``device_stale_ms``, the beam is granted; a degraded interval,
+  if any, is short.
+- At an intolerable rate (``INTOLERABLE_PERCENT``: every answer damaged) freshness is lost:
+  IL-002 trips within ``TRIP_BOUND_S`` of the injection and the simulator's gate is closed.
 - In both, the beam permit is granted only on steps whose two readings are healthy and whose
   values are all in range (no permit on a corrupt value).
 
@@ -42,19 +46,19 @@ from tests.property.invariants import bad_values
 ROOT = Path(__file__).resolve().parents[2]
 ROOM = ROOT / "configs" / "room-sim.yaml"
 
-TOLERABLE_PERCENT = 1
-"""Share of imaging answers with a bad CRC that the fraction survives, as long as the damaged
-answers are isolated: one costs a 60 ms timeout plus a reconnection and a re-verified session,
-which took the last good read to 75-98 ms of the 100 ms freshness budget in our runs; two
-within one recovery lose freshness (2 % tripped within 1.6 s, 5 % within 0.8 s: docs/
-fuzzing.md). With ``--seed 6`` the simulator's dice put the damaged imaging answers at least
-20 answers apart over this observation, so each error is an isolated one."""
-INTOLERABLE_PERCENT = 60
+TOLERABLE_PERCENT = 5
+"""Share of imaging answers with a bad CRC that the fraction survives. A damaged answer costs
+a few milliseconds (silence, the read asked again); a status read fails only when its second
+answer is damaged too (0.25 % of reads at 5 %), and the next poll, a few milliseconds later,
+brings a good read. Measured at 5, 10 and 20 % (docs/fuzzing.md): the oldest last good read
+stayed at 21-42 ms, far below the 100 ms budget, and nothing tripped."""
+INTOLERABLE_PERCENT = 100
+"""Every answer damaged: no good status ever again, freshness is lost."""
 OBSERVE_TOLERABLE_S = 2.5
 OBSERVE_INTOLERABLE_S = 1.5
 TRIP_MARGIN_S = 0.25
-"""On top of device_stale_ms: one transaction timeout (60 ms) that must run out before the
-client reports the failure, a reconnection attempt, and a loaded two-core machine."""
+"""On top of device_stale_ms: the cycle that sees the last good read grow old, and a loaded
+two-core machine."""
 
 
 @pytest.fixture
@@ -183,21 +187,21 @@ def check_no_permit_on_bad_data(run: NoiseRun) -> None:
 
 
 @pytest.mark.asyncio
-async def test_tolerable_crc_noise_holds_the_beam_briefly_and_the_fraction_goes_on(
+async def test_tolerable_crc_noise_keeps_the_reads_fresh_and_the_fraction_goes_on(
         sim: SimProcess) -> None:
     run = await treat_with_noise(sim, TOLERABLE_PERCENT, OBSERVE_TOLERABLE_S)
     print("\n" + run.summary(f"imaging corrupt_percent={TOLERABLE_PERCENT}"))
     assert run.reports, "no cycle after the injection"
     assert run.imaging.get("transactions", 0) > 100, run.imaging
-    assert run.imaging.get("failures", 0) >= 2, f"the noise damaged nothing: {run.imaging}"
+    assert run.imaging.get("corrupt", 0) >= 2, f"the noise damaged nothing: {run.imaging}"
     assert not run.trips(), run.summary("tripped")
     assert run.reports[-1].state.mode is Mode.TREATING
-    held = run.degraded_intervals()
-    assert held, "a failed transaction must hold the beam (IL-031)"
     stale_s = run.reports[0].state.params.device_stale_s
-    assert max(held) < stale_s + TRIP_MARGIN_S, held
-    granted_after_hold = [r for r in run.granted() if r.now > run.injected_at + min(held)]
-    assert granted_after_hold, "the beam never came back after a degraded interval"
+    assert run.max_imaging_age_s() < stale_s, run.summary("freshness nearly lost")
+    held = run.degraded_intervals()
+    assert all(h < stale_s + TRIP_MARGIN_S for h in held), held
+    granted = [r for r in run.granted() if r.now > run.injected_at + 0.5]
+    assert granted, "the beam was not granted under tolerable noise"
     check_no_permit_on_bad_data(run)
 
 

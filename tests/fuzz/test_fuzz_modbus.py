@@ -364,7 +364,8 @@ def answer_specs(draw: st.DrawFn, op: tuple[Any, ...]) -> AnswerSpec:
     response, arbitrary response bytes, silence, or the line going away."""
     kind = draw(st.sampled_from((
         "right", "right", "right", "mutated", "mutated", "mutated", "bad_crc", "unit",
-        "exception", "random", "noise", "silence", "lost", "stray_then_right")))
+        "other_request", "exception", "random", "noise", "silence", "lost",
+        "stray_then_right")))
     cuts = tuple(draw(st.lists(st.integers(1, 60), max_size=3)))
     words = draw(st.lists(words_16, min_size=25, max_size=25))
     pdu = _right_pdu(op, words)
@@ -390,6 +391,18 @@ def answer_specs(draw: st.DrawFn, op: tuple[Any, ...]) -> AnswerSpec:
         return AnswerSpec(kind, pdu, cuts=cuts)
     if kind == "bad_crc":
         return AnswerSpec(kind, pdu, good_crc=False, cuts=cuts)
+    if kind == "other_request":
+        # The intact, right answer to another request: another count, address or table.
+        other = list(op)
+        if op[0] == "read":
+            other[3] = draw(st.integers(1, 25).filter(lambda n: n != op[3]))
+            if draw(st.booleans()):
+                other[1] = draw(st.sampled_from(sorted(READ_FUNCTION)))
+        else:
+            other[2] = draw(st.integers(0, 20))
+            other[3] = draw(st.lists(st.integers(0, 1) if op[1] == "coil" else words_16,
+                                     min_size=1, max_size=4))
+        return AnswerSpec(kind, _right_pdu(tuple(other), words), cuts=cuts)
     if kind == "unit":
         return AnswerSpec(kind, pdu, unit_delta=draw(st.integers(1, 255)), cuts=cuts)
     if kind == "exception":
@@ -517,9 +530,11 @@ def wire_bytes(draw: st.DrawFn, request: Request, unit: int, tid: int) -> bytes:
     if shape == "random":
         return draw(st.binary(max_size=300))
     if shape.startswith("right"):
-        words = draw(st.lists(words_16, min_size=request.count, max_size=request.count))
+        # The right answer, or (one time in four) the right answer to another count.
+        count = draw(st.sampled_from((request.count,) * 3 + (draw(st.integers(1, 25)),)))
+        words = draw(st.lists(words_16, min_size=count, max_size=count))
         table = {1: "coil", 2: "discrete", 3: "holding", 4: "input"}[request.function]
-        pdu = _right_pdu(("read", table, request.address, request.count), words)
+        pdu = _right_pdu(("read", table, request.address, count), words)
     else:
         pdu = draw(response_frames())
     exact = shape.startswith("right") and draw(st.sampled_from((True, True, True, False)))

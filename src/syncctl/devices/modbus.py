@@ -346,6 +346,10 @@ class ModbusLink:
         except (OSError, ValueError) as exc:  # serial.SerialException is an OSError
             reason = f"connection failed: {exc}"
         else:
+            if self._closed:  # closed while the attempt was under way
+                channel.close()
+                self._last_error = "closed"
+                return False
             self._channel = channel
             self._session += 1
             self.stats["connects"] += 1

@@ -44,6 +44,9 @@ from firmware_sim.transport import Adapter, LinkFaults, PtyRtuAdapter, TcpAdapte
 from firmware_sim.truth import BeamGateTruth, ImagingTruth, TruthWriter
 from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
 
+RT_PRIORITY = 20
+"""Above the controller's default (10): the firmware it stands in for runs on its own."""
+
 log = logging.getLogger("firmware_sim")
 
 DEVICE_NAMES: dict[str, Slot] = {"beam-gate": "beam_gate", "beam_gate": "beam_gate",
@@ -102,6 +105,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="gap between spills (default %(default)s s)")
     p.add_argument("--dose-rate", type=float, default=defaults.dose_rate_mu_per_s,
                    help="dose rate during spill, MU/s (default %(default)s)")
+    p.add_argument("--rt-priority", type=int, default=RT_PRIORITY, metavar="N",
+                   help="run under SCHED_FIFO at priority N (0: ordinary scheduling; default "
+                   f"{RT_PRIORITY}): the simulators stand in for firmware on processors of its "
+                   "own, which other load on this machine should not stall")
     p.add_argument("--tick-hz", type=float, default=1000.0,
                    help="physics rate (default %(default)s; reads also advance the models)")
     p.add_argument("--log-level", default="WARNING")
@@ -112,6 +119,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         p.error(str(exc))
     if not (0 < args.beam_gate_watchdog_scale <= 100 and 0 < args.imaging_watchdog_scale <= 100):
         p.error("--beam-gate-watchdog-scale, --imaging-watchdog-scale must be in (0, 100]")
+    if not 0 <= args.rt_priority <= 99:
+        p.error("--rt-priority must be 0..99")
     if args.tick_hz <= 0 or args.spill_on_s <= 0 or args.spill_off_s < 0 or args.dose_rate < 0:
         p.error("--tick-hz, --spill-on-s must be > 0; --spill-off-s, --dose-rate >= 0")
     return args
@@ -268,6 +277,19 @@ def ready_line(sims: dict[Slot, DeviceSim], backdoor_info: dict[str, Any],
     return ready
 
 
+def request_realtime(priority: int) -> str:
+    """SCHED_FIFO for this (single-threaded) process, as firmware would not be stalled by other
+    load; a refusal leaves ordinary scheduling. Children do not inherit it."""
+    if priority == 0:
+        return "ordinary scheduling"
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO | os.SCHED_RESET_ON_FORK,
+                              os.sched_param(priority))
+    except (OSError, AttributeError) as exc:
+        return f"ordinary scheduling (SCHED_FIFO refused: {exc})"
+    return f"SCHED_FIFO priority {priority}"
+
+
 def help_lines(sims: dict[Slot, DeviceSim], backdoor_info: dict[str, Any],
                layout: BackdoorLayout, args: argparse.Namespace) -> list[str]:
     host, port, unit = backdoor_info["host"], backdoor_info["port"], backdoor_info["unit"]
@@ -279,6 +301,7 @@ def help_lines(sims: dict[Slot, DeviceSim], backdoor_info: dict[str, Any],
         lines.append(f"{FILE_NAMES[slot]:9} {d['kind']} {where} unit {d['unit']}")
     lines.append(f"backdoor  modbus-tcp {host}:{port} unit {unit} "
                  f"(layout {args.backdoor_layout})")
+    lines.append(f"scheduling: {args.scheduling}")
     first = next(iter(sims))
     block = layout.devices[first].registers
     example = next(iter(block))
@@ -300,6 +323,7 @@ def help_lines(sims: dict[Slot, DeviceSim], backdoor_info: dict[str, Any],
 
 async def run(args: argparse.Namespace, clock: Clock = time.monotonic) -> int:
     config = load_room(args.config)
+    args.scheduling = request_realtime(args.rt_priority)
     try:
         layout = BackdoorLayout.load(args.backdoor_layout)
     except ValueError as exc:

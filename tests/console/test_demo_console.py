@@ -17,6 +17,7 @@ from syncctl.bus import BusClient, InProcessBus
 from syncctl.cli.console_cmd import make_app
 from syncctl.cli.demo_cmd import CONSOLE_SWITCH_INTERVAL_S, run_demo
 from syncctl.cli.main import build_parser
+from syncctl.cli.scheduling import console_thread_block
 from syncctl.config import load_room
 from syncctl.console.app import ConfirmScreen, MainScreen
 from syncctl.console.bridge import LoopBridgeBus
@@ -54,41 +55,44 @@ async def test_demo_console_a_human_drives_and_quitting_ends_the_run_safely(
         finally:
             await bus.close()
 
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
-    room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
-    client = BusClient(bridge)
-    try:
-        await asyncio.wait_for(bridge.attached.wait(), 60)
-        await client.start()
-        app = make_app(client, config, ends_run=True)
-        async with app.run_test(size=SIZE) as pilot:
-            # the demo users file: operator1 / 1111, role from the file
-            await log_in(pilot, app, "operator1", "1111")
-            await until(pilot, lambda: isinstance(app.screen, MainScreen), "main screen", 60)
-            await until(pilot, mode_is(app, Mode.SAFE), "SAFE", 60)
-            await select_plan(pilot, app)  # a command over the bridge, its ack back
-            ack = await answered(pilot, app, await confirm(pilot, app, "i"))
-            assert ack.result == "accepted", ack
-            await until(pilot, lambda: mode_is(app, Mode.FAULT)() or (
-                app.client.telemetry is not None
-                and app.client.telemetry.target_mm is not None), "tracked telemetry", 30)
-            seen["mode"] = app.client.state.mode if app.client.state else None
-            await press(pilot, "q")
-            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "quit dialog")
-            assert "controller stops safely" in text_of(app, "#confirm-what")
-            await press(pilot, "y")
-            await until(pilot, lambda: not app.is_running, "the console exits", 20)
-        bridge.request_stop()  # what run_beside does when the console exits
-        summary = await asyncio.wait_for(room, 60)
-    except AssertionError as exc:
-        events = [f"{e.kind} {e.rule_ids} {e.message}" for e in client.events][-15:]
-        raise AssertionError(f"{exc}; the room's last events: {events}") from None
-    finally:
-        bridge.request_stop()
-        await asyncio.wait([room], timeout=60)
-        await client.close()
-        sys.setswitchinterval(previous)
+    # as `_with_console` does: the console thread real-time below the room's (they share
+    # the interpreter lock), restored when the block ends
+    with console_thread_block(args):
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
+        room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
+        client = BusClient(bridge)
+        try:
+            await asyncio.wait_for(bridge.attached.wait(), 60)
+            await client.start()
+            app = make_app(client, config, ends_run=True)
+            async with app.run_test(size=SIZE) as pilot:
+                # the demo users file: operator1 / 1111, role from the file
+                await log_in(pilot, app, "operator1", "1111")
+                await until(pilot, lambda: isinstance(app.screen, MainScreen), "main screen", 60)
+                await until(pilot, mode_is(app, Mode.SAFE), "SAFE", 60)
+                await select_plan(pilot, app)  # a command over the bridge, its ack back
+                ack = await answered(pilot, app, await confirm(pilot, app, "i"))
+                assert ack.result == "accepted", ack
+                await until(pilot, lambda: mode_is(app, Mode.FAULT)() or (
+                    app.client.telemetry is not None
+                    and app.client.telemetry.target_mm is not None), "tracked telemetry", 30)
+                seen["mode"] = app.client.state.mode if app.client.state else None
+                await press(pilot, "q")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen), "quit dialog")
+                assert "controller stops safely" in text_of(app, "#confirm-what")
+                await press(pilot, "y")
+                await until(pilot, lambda: not app.is_running, "the console exits", 20)
+            bridge.request_stop()  # what run_beside does when the console exits
+            summary = await asyncio.wait_for(room, 60)
+        except AssertionError as exc:
+            events = [f"{e.kind} {e.rule_ids} {e.message}" for e in client.events][-15:]
+            raise AssertionError(f"{exc}; the room's last events: {events}") from None
+        finally:
+            bridge.request_stop()
+            await asyncio.wait([room], timeout=60)
+            await client.close()
+            sys.setswitchinterval(previous)
     assert bridge.gone.is_set()
     # quitting ended the run: the room stopped safely, confirmed by readback, with a summary
     assert seen["mode"] in ("SETUP", "FAULT")  # FAULT: a set-up trip on a loaded machine

@@ -40,7 +40,10 @@ def demo(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any], str]:
 
 def test_a_gated_fraction_completes(tmp_path: Path) -> None:
     code, s, err = demo(tmp_path, "--seed", "1")
-    assert code == 0, (s, err)
+    assert code == 0, ({k: s.get(k) for k in ("final_state", "trips", "setup_faults_reset",
+                                              "controller", "scheduling")}, err)
+    # as shipped: the control loop asks for real-time scheduling, and says what it got
+    assert s["scheduling"].startswith(("SCHED_FIFO priority 10", "ordinary scheduling ("))
     assert s["final_state"] == "COMPLETE"
     assert abs(s["delivered_dose_mu"] - s["planned_dose_mu"]) <= DOSE_RESOLUTION_MU
     assert s["dose_outside_window_mu"] < OUTSIDE_BOUND * s["planned_dose_mu"]

@@ -50,7 +50,13 @@ from syncctl.cli.logs import quiet_library_logs
 from syncctl.cli.operator import ScriptedOperator
 from syncctl.cli.progress import Progress
 from syncctl.cli.run_cmd import room_users
-from syncctl.cli.simproc import SimulatorError, start_simulators
+from syncctl.cli.scheduling import (
+    add_rt_priority_option,
+    console_thread_block,
+    rt_priority,
+    rt_priority_block,
+)
+from syncctl.cli.simproc import SIM_RT_PRIORITY, SimulatorError, start_simulators
 from syncctl.config import RoomConfig, config_hash
 from syncctl.config.backdoor import load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
@@ -148,7 +154,20 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
     """One fraction; ``bus``: share this bus (e.g. an InProcessBus with a console) instead of
     the one the config names. ``console``: a human drives over that bus instead of the
     scripted operator; the run ends when the console sets the stop event it is given (and the
-    console must return once that event is set)."""
+    console must return once that event is set).
+
+    The calling thread runs the control loop under ``--rt-priority`` (real-time scheduling,
+    docs/controller.md) for the run, and gets its previous scheduling back afterwards."""
+    with rt_priority_block(args) as scheduling:
+        summary = await _fraction(config, args, workdir, bus, console)
+    summary["scheduling"] = scheduling.describe()
+    return summary
+
+
+async def _fraction(config: RoomConfig, args: argparse.Namespace, workdir: Path,
+                    bus: Bus | None,
+                    console: Callable[[Bus, asyncio.Event], Coroutine[Any, Any, None]] | None,
+                    ) -> dict[str, Any]:
     params = config.to_core_params()
     plan_id = args.plan or params.plans[0].plan_id
     plan = params.plan(plan_id)
@@ -158,6 +177,7 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
     sim = start_simulators(config.path, [
         "--seed", str(args.seed), "--truth", str(truth_dir), "--beam-gate-port", "0",
         "--imaging-link", str(workdir / "xic"), "--backdoor-port", "0",
+        "--rt-priority", str(args.sim_rt_priority),
     ], stderr=sim_log)
     beam_gate = imaging = None
     recording: FractionRecorder | None = None
@@ -255,6 +275,8 @@ async def run_demo(config: RoomConfig, args: argparse.Namespace, workdir: Path,
     truth_rows = read_truth_rows(truth_dir)
     summary = summarise(config, plan_id, recorder, truth_from_rows(truth_rows), safe, controller,
                         cpu_s, wall_s, args.seed)
+    if console is None:  # trips and device faults the operator reset before the beam
+        summary["setup_faults_reset"] = operator.setup_faults
     if recording is not None:
         for device, rows in truth_rows.items():
             for row in rows:
@@ -342,17 +364,18 @@ async def _with_console(config: RoomConfig, args: argparse.Namespace, workdir: P
     # The room's thread waits at most this long for the interpreter lock when it wakes up
     # (default 5 ms: too long next to a 1 ms cycle while the console draws).
     sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
-    room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, bridge.request_stop)
-    try:
-        await run_beside(bridge, config, room)
-    finally:
-        bridge.request_stop()
+    with console_thread_block(args):
+        room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
+        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await asyncio.wait([room], timeout=60)
+            loop.add_signal_handler(sig, bridge.request_stop)
+        try:
+            await run_beside(bridge, config, room)
+        finally:
+            bridge.request_stop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await asyncio.wait([room], timeout=60)
     return await room
 
 
@@ -429,6 +452,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="record the fraction into this audit trail (see `syncctl audit`)")
     p.add_argument("--review", metavar="DIR",
                    help="write the fraction's review report (HTML and plots) into DIR")
+    add_rt_priority_option(p)
+    p.add_argument("--sim-rt-priority", type=rt_priority, default=SIM_RT_PRIORITY, metavar="N",
+                   help="SCHED_FIFO priority of the simulators, which "
+                   f"stand in for firmware (default {SIM_RT_PRIORITY}; 0: ordinary scheduling)")
     p.add_argument("--quiet", action="store_true", help="print nothing but errors")
     p.add_argument("--verbose", action="store_true",
                    help="log the controller's warnings (cycle overruns, failed writes)")

@@ -29,6 +29,7 @@ from pathlib import Path
 from syncctl.audit import AuditFileError, AuditTrail
 from syncctl.bus import ROLES, Ack, Bus, CredentialsError, Users, UsersFileError
 from syncctl.cli.logs import quiet_library_logs
+from syncctl.cli.scheduling import add_rt_priority_option, apply_rt_priority
 from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import Command, CommandKind, EventKind
@@ -186,6 +187,10 @@ async def _run_room(args: argparse.Namespace, config: RoomConfig, users: Users, 
     print(f"syncctl run: room {config.room.room.id}, config hash {config_hash(config)}; "
           f"beam gate {devices.beam_gate.transport.describe()}, "
           f"imaging {devices.imaging.transport.describe()}", flush=True)
+    scheduling = apply_rt_priority(args)
+    print(f"control loop: {scheduling.describe()}"
+          + ("" if scheduling.realtime or args.rt_priority == 0
+             else "; cycles may be delayed when the machine is busy"), flush=True)
     await service.start()
     try:
         safe = await controller.run(stop)
@@ -236,4 +241,5 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "in .gz (default: recordings/)")
     p.add_argument("--no-record", action="store_true", help="do not record the session")
     p.add_argument("--verbose", action="store_true", help="log controller warnings")
+    add_rt_priority_option(p)
     p.set_defaults(handler=_run)

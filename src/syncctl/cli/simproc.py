@@ -18,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+SIM_RT_PRIORITY = 20
+"""The simulators' own default SCHED_FIFO priority (``python -m firmware_sim --rt-priority``),
+above the controller's (docs/controller.md)."""
+
 
 class SimulatorError(RuntimeError):
     pass

@@ -7,7 +7,7 @@ enforces it. The asyncio controller only does I/O around :func:`step`.
 from syncctl.core.modes import TRANSITIONS, Trigger, mermaid_state_diagram, next_mode
 from syncctl.core.rules import RULES, RULES_BY_ID, Rule
 from syncctl.core.state import CoreState, initial_state
-from syncctl.core.step import step
+from syncctl.core.step import TERMINATION_REFUSAL, step
 from syncctl.core.types import (
     NOT_READ,
     Alarm,
@@ -40,6 +40,7 @@ __all__ = [
     "NOT_READ",
     "RULES",
     "RULES_BY_ID",
+    "TERMINATION_REFUSAL",
     "TRANSITIONS",
     "Alarm",
     "BeamGateReading",

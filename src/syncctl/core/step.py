@@ -57,6 +57,10 @@ from syncctl.core.types import (
 
 UINT16 = 1 << 16
 
+TERMINATION_REFUSAL = "termination conditions present"
+"""How a refusal begins when a termination condition blocks the command (a device reports a
+fault, the e-stop is pressed ...): it must be acknowledged and reset first."""
+
 
 def step(
     state: CoreState,
@@ -352,7 +356,7 @@ def _apply_command(
             return refuse(f"unknown plan {command.plan_id!r}")
         blockers = _termination_blockers(obs, state, rules)
         if blockers:
-            return refuse("termination conditions present: " + _describe(blockers))
+            return refuse(f"{TERMINATION_REFUSAL}: " + _describe(blockers))
         if obs.beam_gate is None or obs.imaging is None:
             return refuse("device readings are not usable")
         baseline = obs.beam_gate.dose_delivered_mu
@@ -379,7 +383,7 @@ def _apply_command(
         blockers = _resume_blockers(obs, state, rules)
         if blockers:
             what = "device degraded" if set(blockers) <= DEGRADED_RULE_IDS else (
-                "termination conditions present")
+                TERMINATION_REFUSAL)
             return refuse(f"{what}: " + _describe(blockers))
     elif kind is CommandKind.ABORT:
         new = replace(state, plan=None, imaging_requested=False)

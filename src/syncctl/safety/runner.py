@@ -42,6 +42,7 @@ from syncctl.config.backdoor import BackdoorLayout, load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
 from syncctl.core import (
     RULES,
+    TERMINATION_REFUSAL,
     Command,
     CommandKind,
     CommandResult,
@@ -243,21 +244,39 @@ class Driver:
     gave_up: str = ""
     log: list[str] = field(default_factory=list)
     setup_faults: int = 0
+    retry_s: float = RETRY_S
+    """Least time between two commands (an answer comes within a cycle or two)."""
+    settle_s: float = SETUP_SETTLE_S
+    """Imaging time in SETUP before arming."""
+    max_commands: int = MAX_DRIVE_COMMANDS
     _last_sent: float = -1e9
     _imaging_since: float | None = None
     _fault_since: float | None = None
     _last_kind: CommandKind | None = None
+    _clearing: bool = False
 
-    def _send(self, kind: CommandKind, now: float, plan_id: str | None = None) -> None:
-        if now - self._last_sent < RETRY_S:
-            return
-        if self.sent >= MAX_DRIVE_COMMANDS:
-            self.gave_up = f"{kind.value}: {MAX_DRIVE_COMMANDS} commands sent, goal not reached"
-            return
+    def _send(self, kind: CommandKind, now: float, plan_id: str | None = None) -> bool:
+        if now - self._last_sent < self.retry_s:
+            return False
+        if self.sent >= self.max_commands:
+            self.gave_up = f"{kind.value}: {self.max_commands} commands sent, goal not reached"
+            return False
         self.sent += 1
         self._last_sent = now
         self._last_kind = kind
         self.controller.submit(Command(kind, OPERATOR, plan_id))
+        return True
+
+    def _set_up_fault(self, what: str) -> bool:
+        """Count one trip or device fault on the way to the goal; False once too many."""
+        self.setup_faults += 1
+        self._imaging_since = None
+        self.log.append(f"set-up trip {self.setup_faults}: {what}")
+        if self.setup_faults > MAX_SETUP_FAULTS:
+            self.gave_up = (f"the room tripped {self.setup_faults} times on the way to "
+                            f"{self.goal.name}")
+            return False
+        return True
 
     def __call__(self, report: ControllerReport) -> None:
         if self.reached.is_set():
@@ -274,7 +293,19 @@ class Driver:
         if mode is self.goal and (mode is not Mode.SETUP or exposing):
             self.reached.set()
             return
-        if mode is Mode.SAFE:
+        if (mode is Mode.SAFE and result is not None and not result.accepted
+                and result.command.kind is CommandKind.SELECT_PLAN
+                and result.reason.startswith(TERMINATION_REFUSAL)):
+            # A device reports a fault in SAFE (its watchdog tripped, say, before the room
+            # was in use): the plan is refused until it is reset. As an operator would:
+            # acknowledge, reset, select again, a bounded number of times.
+            self._clearing = self._set_up_fault(result.reason)
+        if mode is Mode.SAFE and self._clearing:
+            kind = (CommandKind.RESET if self._last_kind is CommandKind.ACKNOWLEDGE
+                    else CommandKind.ACKNOWLEDGE)
+            if self._send(kind, now) and kind is CommandKind.RESET:
+                self._clearing = False
+        elif mode is Mode.SAFE:
             self._send(CommandKind.SELECT_PLAN, now, self.plan_id)
         elif mode is Mode.SETUP:
             if not state.imaging_requested:
@@ -282,7 +313,7 @@ class Driver:
             elif exposing:
                 if self._imaging_since is None:
                     self._imaging_since = now
-                if now - self._imaging_since >= SETUP_SETTLE_S:
+                if now - self._imaging_since >= self.settle_s:
                     self._send(CommandKind.ARM, now)
         elif mode is Mode.READY:
             self._send(CommandKind.BEAM_ON, now)
@@ -291,14 +322,8 @@ class Driver:
             # operator would, acknowledge, reset and start again, a bounded number of times.
             if self._fault_since is None:
                 self._fault_since = now
-                self.setup_faults += 1
-                self._imaging_since = None
-                self.log.append(f"set-up trip {self.setup_faults}: "
-                                f"{', '.join(state.latched) or 'cleared'}")
-            if self.setup_faults > MAX_SETUP_FAULTS:
-                self.gave_up = (f"the room tripped {self.setup_faults} times on the way to "
-                                f"{self.goal.name}")
-            else:  # acknowledge, then reset, and again while a cause is still present
+                self._set_up_fault(', '.join(sorted(state.latched)) or 'cleared')
+            if not self.gave_up:  # acknowledge, then reset, and again while a cause is present
                 kind = (CommandKind.RESET if self._last_kind is CommandKind.ACKNOWLEDGE
                         else CommandKind.ACKNOWLEDGE)
                 self._send(kind, now)

@@ -98,6 +98,15 @@ async def answered(pilot: Pilot[None], app: ConsoleApp, before: int) -> Ack:
     return app.acks[-1]
 
 
+async def open_beam_on(pilot: Pilot[None], app: ConsoleApp) -> None:
+    """Press b and wait for the beam-on dialog with its phrase field focused: it takes the
+    focus once mounted, and under load keys pressed sooner could reach the screen instead."""
+    await press(pilot, "b")
+    await until(pilot, lambda: isinstance(app.screen, BeamOnScreen), "beam-on dialog")
+    await until(pilot, lambda: isinstance(app.focused, Input)
+                and app.focused.id == "beam-phrase", "the phrase field focused")
+
+
 async def select_plan(pilot: Pilot[None], app: ConsoleApp) -> None:
     await until(pilot, lambda: app.why_not("select_plan") == "", "select_plan available")
     before = len(app.acks)
@@ -138,11 +147,10 @@ async def test_operator_flow_reaches_treating_only_with_typed_confirmation(room:
         await pilot.pause(0.3)
         assert not app.screen.query_one("#do-beam_on", Button).disabled
         # beam on without the typed confirmation does nothing
-        await press(pilot, "b")
-        await until(pilot, lambda: isinstance(app.screen, BeamOnScreen), "beam-on dialog")
+        await open_beam_on(pilot, app)
         await press(pilot, "y", "enter")
+        await until(pilot, lambda: "Not confirmed" in text_of(app, "#beam-why"), "the refusal")
         assert isinstance(app.screen, BeamOnScreen)
-        assert "Not confirmed" in text_of(app, "#beam-why")
         assert app.screen.query_one("#beam-yes", Button).disabled
         await press(pilot, "escape")
         await until(pilot, lambda: isinstance(app.screen, MainScreen), "back to main")
@@ -151,8 +159,7 @@ async def test_operator_flow_reaches_treating_only_with_typed_confirmation(room:
         assert app.client.state is not None and app.client.state.mode == "READY"
         # with the phrase typed: TREATING
         before = len(app.acks)
-        await press(pilot, "b")
-        await until(pilot, lambda: isinstance(app.screen, BeamOnScreen), "beam-on dialog")
+        await open_beam_on(pilot, app)
         app.screen.query_one("#beam-phrase", Input).value = "BEAM ON"
         await pilot.pause(0.1)
         await press(pilot, "enter")
@@ -284,8 +291,7 @@ async def test_a_physicist_shelves_an_interruption_alarm_with_reason_and_expiry(
         assert "no active interruption alarm" in text_of(app, "#ack")
         await select_plan(pilot, app)
         await image_and_arm(pilot, app)
-        await press(pilot, "b")
-        await until(pilot, lambda: isinstance(app.screen, BeamOnScreen), "beam-on dialog")
+        await open_beam_on(pilot, app)
         app.screen.query_one("#beam-phrase", Input).value = "BEAM ON"
         await press(pilot, "enter")
         await until(pilot, mode_is(app, Mode.TREATING), "TREATING")

@@ -21,6 +21,7 @@ from syncctl.cli.scheduling import console_thread_block
 from syncctl.config import load_room
 from syncctl.console.app import ConfirmScreen, MainScreen
 from syncctl.console.bridge import LoopBridgeBus
+from syncctl.controller.loop import run as run_loop
 from syncctl.core import Mode
 from syncctl.service import room_topics
 from tests.console.helpers import SIZE, mode_is, press, until
@@ -60,7 +61,7 @@ async def test_demo_console_a_human_drives_and_quitting_ends_the_run_safely(
     with console_thread_block(args):
         previous = sys.getswitchinterval()
         sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
-        room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
+        room = asyncio.ensure_future(asyncio.to_thread(run_loop, room_side()))
         client = BusClient(bridge)
         try:
             await asyncio.wait_for(bridge.attached.wait(), 60)

@@ -60,6 +60,7 @@ from syncctl.cli.simproc import SIM_RT_PRIORITY, SimulatorError, start_simulator
 from syncctl.config import RoomConfig, config_hash
 from syncctl.config.backdoor import load_backdoor_layout
 from syncctl.controller import Controller, ControllerReport
+from syncctl.controller.loop import run as run_loop
 from syncctl.core import EventKind, Mode
 from syncctl.devices import BeamGateClient, ImagingClient
 from syncctl.recording import FractionRecorder, default_path, header_for, read_recording
@@ -365,7 +366,7 @@ async def _with_console(config: RoomConfig, args: argparse.Namespace, workdir: P
     # (default 5 ms: too long next to a 1 ms cycle while the console draws).
     sys.setswitchinterval(CONSOLE_SWITCH_INTERVAL_S)
     with console_thread_block(args):
-        room = asyncio.ensure_future(asyncio.to_thread(asyncio.run, room_side()))
+        room = asyncio.ensure_future(asyncio.to_thread(run_loop, room_side()))
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, bridge.request_stop)
@@ -400,9 +401,9 @@ def _run(args: argparse.Namespace) -> int:
         workdir.mkdir(parents=True, exist_ok=True)
         try:
             if args.console:
-                summary = asyncio.run(_with_console(config, args, workdir))
+                summary = run_loop(_with_console(config, args, workdir))
             else:
-                summary = asyncio.run(run_demo(config, args, workdir))
+                summary = run_loop(run_demo(config, args, workdir))
         except SimulatorError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_ERROR

@@ -32,6 +32,7 @@ from syncctl.cli.logs import quiet_library_logs
 from syncctl.cli.scheduling import add_rt_priority_option, apply_rt_priority
 from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
 from syncctl.controller import Controller, ControllerReport
+from syncctl.controller.loop import run as run_loop
 from syncctl.core import Command, CommandKind, EventKind
 from syncctl.devices import BeamGateClient, ImagingClient
 from syncctl.recording import FractionRecorder, default_path, header_for
@@ -214,7 +215,7 @@ def _run(args: argparse.Namespace) -> int:
                         format="%(name)s: %(levelname)s: %(message)s")
     quiet_library_logs(args.verbose)
     try:
-        return asyncio.run(_main(args))
+        return run_loop(_main(args))
     except ConfigError as exc:
         for issue in exc.issues:
             print(f"error: {issue}", file=sys.stderr)

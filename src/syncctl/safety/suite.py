@@ -7,7 +7,6 @@ one against the simulators (``syncctl.safety.runner``) and collects the results.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from syncctl import __version__
+from syncctl.controller.loop import run as run_loop
 from syncctl.core import RULES, Rule
 from syncctl.safety.check import SCENARIO_DIR, CheckResult, check_file
 from syncctl.safety.hazards import Hazard, HazardLogError, load_hazard_log
@@ -156,10 +156,10 @@ def run_scenario_once_more_if_not_started(scenario: Scenario, file: Path, report
     was tried: a loaded machine can starve the simulated room's 60 ms serial timeout during
     set-up), run it once more. The result lists the earlier attempt's error, and the reports
     show it."""
-    result = asyncio.run(run_scenario(scenario, file, report_dir, root, rules))
+    result = run_loop(run_scenario(scenario, file, report_dir, root, rules))
     if result.error is not None and not result.reached_initial_mode and result.config_hash:
         first = result.error
-        result = asyncio.run(run_scenario(scenario, file, report_dir, root, rules))
+        result = run_loop(run_scenario(scenario, file, report_dir, root, rules))
         result.earlier_attempts.append(first)
     return result
 

@@ -56,13 +56,16 @@ class DeviceDataError(RemoteError):
 
 LINK_TROUBLE = frozenset({"disconnected", "timeout", "malformed"})
 """Failures that say the link itself is in trouble (an exception answer or a refused write
-came over a working link)."""
+came over a working link; so did a ``corrupt`` answer: the line is noisy, not lost, the link
+is kept, and a write that failed so is retried and judged by the next status read)."""
 
 
 class LinkError(RemoteError):
     """A transaction failed: ``kind`` is ``disconnected``, ``timeout``, ``exception`` (the
     device answered with a Modbus exception), ``malformed`` (the answer does not match the
-    request) or ``refused`` (a write acknowledged with another value than the one sent)."""
+    request), ``corrupt`` (the answer was damaged on the line, again when a read was asked
+    once more: no value is taken from it) or ``refused`` (a write acknowledged with another
+    value than the one sent)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)

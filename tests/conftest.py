@@ -31,6 +31,8 @@ import pytest
 from hypothesis import settings
 from pytest_asyncio import is_async_test
 
+from syncctl.controller.loop import freeze_heap
+
 settings.register_profile(
     "ci",
     max_examples=400,
@@ -127,6 +129,16 @@ def _running_children() -> dict[int, str]:
         if int(ppid) == me and state != "Z":
             found[int(entry)] = name
     return found
+
+
+@pytest.fixture(autouse=True)
+def heap_frozen_for_control_loops(request: pytest.FixtureRequest) -> None:
+    """Tests that run a controller inside this process (integration, console) start with the
+    heap collected and frozen, as ``syncctl.controller.loop.run`` does in production: the
+    test runner's own heap (every earlier test's leftovers) is not the control process's,
+    and a full collection of it stalled the control cycle 50-122 ms (docs/controller.md)."""
+    if request.node.path.parent.name in ("integration", "console"):
+        freeze_heap()
 
 
 @pytest.fixture(autouse=True)

@@ -207,3 +207,21 @@ def emit(result: dict[str, Any], json_path: str | None) -> None:
 
 
 PY = sys.executable
+
+
+BASELINE_RT_PRIORITY = 10
+"""The baselines run under the same scheduling as ``syncctl run`` by default (SCHED_FIFO 10,
+docs/controller.md), so that the ratio compares the software, not the scheduler;
+``--baseline-rt-priority 0`` runs them as a user's script would run."""
+
+
+def add_baseline_priority(p: Any) -> None:
+    p.add_argument("--baseline-rt-priority", type=int, default=BASELINE_RT_PRIORITY,
+                   metavar="N", help="SCHED_FIFO priority of the baseline process (default "
+                   f"{BASELINE_RT_PRIORITY}, as syncctl run; 0: ordinary scheduling)")
+
+
+def scheduled(cmd: list[str], priority: int) -> list[str]:
+    """``cmd`` under SCHED_FIFO at ``priority`` (``chrt``), or as it is for 0."""
+    return ["chrt", "-f", str(priority), *cmd] if priority > 0 else cmd
+

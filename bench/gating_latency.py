@@ -31,9 +31,11 @@ from common import (
     ROOM,
     CpuMeter,
     LineProcess,
+    add_baseline_priority,
     emit,
     machine,
     room_config,
+    scheduled,
     stats,
     truth_rows,
 )
@@ -125,9 +127,9 @@ def run_block(name: str, room: dict[str, Any], seconds: float) -> tuple[float, f
     sim, tmp = room["sim"], room["tmp"]
     if name == "baseline":
         bg = sim.ready["beam_gate"]
-        child = LineProcess.start([PY, str(Path(__file__).with_name("naive_gating.py")),
-                                   bg["host"], str(bg["port"]), sim.ready["imaging"]["port"]],
-                                  tmp)
+        child = LineProcess.start(scheduled(
+            [PY, str(Path(__file__).with_name("naive_gating.py")), bg["host"], str(bg["port"]),
+             sim.ready["imaging"]["port"]], room.get("baseline_priority", 0)), tmp)
         child.wait_for("ready")
     else:
         room["blocks"] = room.get("blocks", 0) + 1
@@ -170,9 +172,11 @@ def main() -> int:
     p.add_argument("--block", type=float, default=30.0, help="seconds per alternating block")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the result here")
+    add_baseline_priority(p)
     args = p.parse_args()
     rng = random.Random(args.seed)
     info = machine()
+    info["baseline_rt_priority"] = args.baseline_rt_priority
     with tempfile.TemporaryDirectory(prefix="bench-gating-") as t:
         tmp = Path(t)
         crossings = square_wave(tmp / "square.csv", rng)
@@ -182,7 +186,8 @@ def main() -> int:
             "--truth", str(tmp / "truth"), "--trace", str(tmp / "square.csv"),
             "--spill-on-s", "3600", "--spill-off-s", "0.1"], stderr=log)
         room = {"sim": sim, "tmp": tmp, "config": room_config(
-            tmp, sim.ready, planned_dose_mu=9000, imaging_budget_mas=90000)}
+            tmp, sim.ready, planned_dose_mu=9000, imaging_budget_mas=90000),
+                "baseline_priority": args.baseline_rt_priority}
         windows: dict[str, list[tuple[float, float]]] = {"baseline": [], "syncctl": []}
         cpu: dict[str, list[tuple[float, float]]] = {"baseline": [], "syncctl": []}
         try:

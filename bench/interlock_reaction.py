@@ -30,9 +30,11 @@ from common import (
     ROOM,
     CpuMeter,
     LineProcess,
+    add_baseline_priority,
     emit,
     machine,
     room_config,
+    scheduled,
     stats,
     truth_rows,
     write_static_trace,
@@ -47,6 +49,7 @@ GATE_READBACK = 2
 class Room:
     def __init__(self, tmp: Path) -> None:
         self.tmp = tmp
+        self.baseline_priority = 0
         self.truth = tmp / "truth"
         self.log = (tmp / "sim.log").open("w")
         self.sim = start_simulators(ROOM, [
@@ -85,8 +88,9 @@ class Room:
 
 def baseline_block(room: Room, n: int, rng: random.Random) -> tuple[float, float, float]:
     bg = room.sim.ready["beam_gate"]
-    child = LineProcess.start([PY, str(Path(__file__).with_name("naive_baseline.py")),
-                               bg["host"], str(bg["port"])], room.tmp)
+    child = LineProcess.start(scheduled([PY, str(Path(__file__).with_name("naive_baseline.py")),
+                                         bg["host"], str(bg["port"])], room.baseline_priority),
+                              room.tmp)
     try:
         child.wait_for("ready")
         meter = CpuMeter(child.proc.pid)
@@ -164,11 +168,14 @@ def main() -> int:
     p.add_argument("--block", type=int, default=100, help="samples per alternating block")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the result here")
+    add_baseline_priority(p)
     args = p.parse_args()
     rng = random.Random(args.seed)
     info = machine()
+    info["baseline_rt_priority"] = args.baseline_rt_priority
     with tempfile.TemporaryDirectory(prefix="bench-reaction-") as tmp:
         room = Room(Path(tmp))
+        room.baseline_priority = args.baseline_rt_priority
         windows: dict[str, list[tuple[float, float]]] = {"baseline": [], "syncctl": []}
         cpu: dict[str, list[tuple[float, float]]] = {"baseline": [], "syncctl": []}
         try:

@@ -23,11 +23,13 @@ from common import (
     PY,
     ROOM,
     LineProcess,
+    add_baseline_priority,
     cpu_seconds,
     emit,
     machine,
     room_config,
     rss_mb,
+    scheduled,
 )
 
 from syncctl.cli.simproc import start_simulators
@@ -71,9 +73,11 @@ def main() -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=10.0)
     p.add_argument("--json", help="also write the result here")
+    add_baseline_priority(p)
     args = p.parse_args()
     result: dict[str, Any] = {"benchmark": "load", "machine": machine(),
-                              "minutes": args.minutes}
+                              "minutes": args.minutes,
+                              "baseline_rt_priority": args.baseline_rt_priority}
     with tempfile.TemporaryDirectory(prefix="bench-load-") as t:
         tmp = Path(t)
         log = (tmp / "sim.log").open("w")
@@ -84,8 +88,9 @@ def main() -> int:
             config = room_config(tmp, sim.ready, planned_dose_mu=9000,
                                  imaging_budget_mas=90000)
             bg = sim.ready["beam_gate"]
-            base = LineProcess.start([PY, str(Path(__file__).with_name("naive_baseline.py")),
-                                      bg["host"], str(bg["port"])], tmp)
+            base = LineProcess.start(scheduled(
+                [PY, str(Path(__file__).with_name("naive_baseline.py")), bg["host"],
+                 str(bg["port"])], args.baseline_rt_priority), tmp)
             base.wait_for("ready")
             base.send("open")
             result["baseline"] = summary(sample(base.proc.pid, max(10.0, 6 * args.minutes)))

@@ -390,6 +390,31 @@ async def test_a_malformed_value_keeps_the_last_good_status_unhealthy(room: Room
 
 
 @pytest.mark.asyncio
+async def test_an_unchanged_status_block_is_not_decoded_again_and_any_change_is(
+    room: RoomConfig,
+) -> None:
+    client, backend = bgc_on_memory(room)
+    first = await client.poll()
+    again = await client.poll()
+    assert again.status is first.status  # the same words: the same decoded status
+    assert again.read_at is not None and first.read_at is not None
+    assert again.read_at > first.read_at and again.healthy
+    assert client.stats["unchanged"] == 1
+    for address in range(2, 10):  # every word of the status block, changed alone
+        saved = backend.tables["input"][address]
+        backend.tables["input"][address] = saved ^ 1
+        changed = await client.poll()
+        assert changed.status is not first.status or not changed.healthy, address
+        backend.tables["input"][address] = saved
+        back = await client.poll()
+        assert back.healthy and back.status == first.status, address
+    backend.tables["input"][2] = 7  # a malformed gate_readback is refused every time
+    for _ in range(2):
+        bad = await client.poll()
+        assert not bad.healthy and "gate_readback" in client.last_error
+
+
+@pytest.mark.asyncio
 async def test_writes_toward_the_safe_state_need_only_a_connection(room: RoomConfig) -> None:
     client, backend = bgc_on_memory(room)
     assert await client.write_gate(GateCommand.CLOSE) is False  # not connected at all

@@ -11,6 +11,8 @@ from syncctl.controller.controller import (
     ControllerReport,
     CycleStats,
     ImagingPort,
+    step_interval_s,
 )
 
-__all__ = ["BeamGatePort", "Controller", "ControllerReport", "CycleStats", "ImagingPort"]
+__all__ = ["BeamGatePort", "Controller", "ControllerReport", "CycleStats", "ImagingPort",
+           "step_interval_s"]

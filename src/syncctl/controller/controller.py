@@ -9,6 +9,13 @@ Two tasks share the work, because the two devices live on different lines:
   owns it. It polls at its own period and writes the X-ray command the moment the cycle changes
   it (an Event wakes it), and the heartbeat.
 
+Stepping only on change: with ``max_step_interval_s`` > 0, a cycle whose snapshot differs
+from the one last stepped only in its clocks and read times
+(:func:`syncctl.core.change.only_time_moved`), with no command queued, is *skipped*: no
+step, no report; the last outputs stay, a gate write that failed is retried. The core is
+still stepped at least every ``max_step_interval_s`` for its time-driven rules
+(:func:`step_interval_s`; docs/controller.md, *Stepping only on change*).
+
 Deadlines: a cycle that takes longer than ``deadline_s`` is an overrun; overruns are counted,
 and ``max_consecutive_overruns`` in a row are reported to the core as data in the snapshot,
 where a rule turns them into a trip.
@@ -26,7 +33,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
 from syncctl.core import (
@@ -45,6 +52,7 @@ from syncctl.core import (
     initial_state,
     step,
 )
+from syncctl.core.change import only_time_moved
 
 log = logging.getLogger("syncctl.controller")
 T = TypeVar("T")
@@ -83,6 +91,8 @@ class CycleStats:
     gate_writes: int = 0
     failed_writes: int = 0
     imaging_polls: int = 0
+    steps: int = 0
+    """Cycles in which the core stepped (the others were skipped: nothing but time moved)."""
 
     def percentile_ms(self, q: float) -> float:
         if not self.recent_cycle_s:
@@ -103,6 +113,34 @@ class ControllerReport:
 
 Listener = Callable[[ControllerReport], None]
 
+MAX_STEP_INTERVAL_S = 0.05
+"""The largest ``max_step_interval_s`` a Controller accepts."""
+
+STEP_INTERVAL_CAP_S = 0.005
+"""``step_interval_s`` never exceeds this, however long the room's deadlines."""
+
+
+def step_interval_s(params: CoreParams) -> float:
+    """The longest a room's core may go unstepped while nothing but time moves.
+
+    A quarter of the shortest deadline a time-driven rule judges (gate and X-ray actuation
+    timeouts, heartbeat period, device staleness, frame age), at most 5 ms: such a rule is
+    then judged at most a quarter of its own deadline late. ``max_time_step_s`` is among
+    them too, because two steps further apart than that are a clock fault (IL-018): with it,
+    two steps are never more than half of it apart (500 ms in the simulated room, so it
+    changes nothing there). Derived from the room's configuration, not a setting of its own
+    (the config hash stays what it was).
+    """
+    shortest = min(
+        params.gate_actuation_timeout_s,
+        params.heartbeat_period_s,
+        params.device_stale_s,
+        params.xray_actuation_timeout_s,
+        params.max_frame_age_s,
+        params.max_time_step_s,
+    )
+    return min(STEP_INTERVAL_CAP_S, shortest / 4)
+
 
 class Controller:
     def __init__(
@@ -117,11 +155,20 @@ class Controller:
         max_consecutive_overruns: int = 5,
         clock: Callable[[], float] = time.monotonic,
         rules: tuple[Rule, ...] = RULES,
+        max_step_interval_s: float = 0.0,
     ) -> None:
         """``rules`` is the interlock rule table handed to ``step``. It exists for QA's
         weakened-rule demonstration only (``syncctl.safety.runner``: a scenario run with one rule
         removed must fail); production code always uses the full table, ``syncctl.core.RULES``.
+
+        ``max_step_interval_s`` (0 to ``MAX_STEP_INTERVAL_S``): 0 steps the core every cycle;
+        above 0, a cycle in which nothing but time moved is skipped unless the last step is at
+        least that long ago. Production code passes ``step_interval_s(params)``.
         """
+        if not 0.0 <= max_step_interval_s <= MAX_STEP_INTERVAL_S:
+            raise ValueError(
+                f"max_step_interval_s={max_step_interval_s!r} outside 0..{MAX_STEP_INTERVAL_S}")
+        self.max_step_interval_s = float(max_step_interval_s)
         self.rules = rules
         self.beam_gate = beam_gate
         self.imaging = imaging
@@ -134,6 +181,10 @@ class Controller:
         self.stats = CycleStats()
         self.listeners: list[Listener] = []
         self.last_outputs: Outputs | None = None
+        """The outputs of the last step (a skipped cycle leaves them as they are)."""
+        self._held: Outputs | None = None
+        self._last_stepped: Snapshot | None = None
+        self._last_step_at = 0.0
         self._commands: deque[Command] = deque(maxlen=64)
         self._gate_written: GateCommand | None = None
         self._xray_wanted = XrayCommand.STOP
@@ -204,17 +255,29 @@ class Controller:
             s.consecutive_overruns = 0
 
     async def cycle(self) -> Outputs:
-        """One control step: read, decide, write, publish."""
+        """One control cycle: read, then decide, write and publish, or skip (see
+        ``_must_step``). A skipped cycle returns the last outputs without their one-shot
+        parts (heartbeat, device actions, events, command answer): they were acted on when
+        decided."""
         beam_gate = await self.beam_gate.poll()
         snapshot = Snapshot(
             beam_gate=beam_gate,
             imaging=self.imaging.reading,
             cycle_overrun=self.stats.consecutive_overruns >= self.max_consecutive_overruns,
         )
-        command = self._commands.popleft() if self._commands else None
         now = self.clock()
+        last = self.last_outputs
+        if last is not None and not self._must_step(snapshot, now):
+            await self._write_gate(last.gate)  # a write that failed is retried
+            if self._held is None:
+                self._held = replace(last, heartbeat=None, device_actions=(),
+                                     dose_preset_mu=None, events=(), command_result=None)
+            return self._held
+        command = self._commands.popleft() if self._commands else None
         self.state, outputs = step(self.state, snapshot, command, now, self.rules)
-        self.last_outputs = outputs
+        self.stats.steps += 1
+        self._last_stepped, self._last_step_at = snapshot, now
+        self.last_outputs, self._held = outputs, None
         await self._write_beam_gate(outputs)
         self._hand_to_imaging(outputs)
         report = ControllerReport(now, snapshot, self.state, outputs)
@@ -222,19 +285,35 @@ class Controller:
             listener(report)
         return outputs
 
-    async def _write_beam_gate(self, out: Outputs) -> None:
+    def _must_step(self, snapshot: Snapshot, now: float) -> bool:
+        """Step when: stepping every cycle; a command is queued; the last step is
+        ``max_step_interval_s`` old (or the clock went backwards since, or is not a number);
+        or anything but time changed since the snapshot last stepped (that includes
+        ``cycle_overrun``, a field of the snapshot)."""
+        if self.max_step_interval_s <= 0.0 or self._commands or self._last_stepped is None:
+            return True
+        if not 0.0 <= now - self._last_step_at < self.max_step_interval_s:
+            return True
+        return not only_time_moved(self._last_stepped, snapshot)
+
+    async def _write_gate(self, gate: GateCommand) -> None:
         bg = self.beam_gate
         session = _session(bg)
         if session != self._gate_session:
             # A new session (reconnect, device reboot): do not trust what the previous one
             # was told; write the current command again.
             self._gate_session, self._gate_written = session, None
-        if out.gate is not self._gate_written:
-            if await bg.write_gate(out.gate):
-                self._gate_written = out.gate
+        if gate is not self._gate_written:
+            if await bg.write_gate(gate):
+                self._gate_written = gate
                 self.stats.gate_writes += 1
             else:
-                self.stats.failed_writes += 1  # retried next cycle; the core sees the readback
+                # Retried next cycle, stepped or skipped; the core sees the readback.
+                self.stats.failed_writes += 1
+
+    async def _write_beam_gate(self, out: Outputs) -> None:
+        bg = self.beam_gate
+        await self._write_gate(out.gate)
         if out.heartbeat is not None and not await bg.write_heartbeat(out.heartbeat):
             self.stats.failed_writes += 1
         for action in out.device_actions:

@@ -54,7 +54,7 @@ from syncctl.audit import AuditListener, AuditTrail, read_records, verify
 from syncctl.cli.faults import FAULTS, Fault
 from syncctl.cli.simproc import SimProcess, start_simulators
 from syncctl.config import load_room
-from syncctl.controller import Controller, ControllerReport
+from syncctl.controller import Controller, ControllerReport, step_interval_s
 from syncctl.core import (
     BeamGateReading,
     Command,
@@ -406,8 +406,10 @@ async def run_case(room: Room, mode: Mode, fault_name: str, expect: Expect,
         await clear_devices(backdoor, reboot=True)
         room.truth.read()
         room.truth.forget_before(time.monotonic())
-        controller = Controller(config.to_core_params(), beam_gate, imaging,
-                                deadline_s=0.05, max_consecutive_overruns=20)
+        params = config.to_core_params()
+        controller = Controller(params, beam_gate, imaging,
+                                deadline_s=0.05, max_consecutive_overruns=20,
+                                max_step_interval_s=step_interval_s(params))
         audit = AuditListener(trail, config.room.room.id)
         audit.record_config(config)
         driver = Driver(controller, PLAN, Mode.TREATING if mode is Mode.HOLD else mode)

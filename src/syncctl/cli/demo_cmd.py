@@ -59,7 +59,7 @@ from syncctl.cli.scheduling import (
 from syncctl.cli.simproc import SIM_RT_PRIORITY, SimulatorError, start_simulators
 from syncctl.config import RoomConfig, config_hash
 from syncctl.config.backdoor import load_backdoor_layout
-from syncctl.controller import Controller, ControllerReport
+from syncctl.controller import Controller, ControllerReport, step_interval_s
 from syncctl.controller.loop import run as run_loop
 from syncctl.core import EventKind, Mode
 from syncctl.devices import BeamGateClient, ImagingClient
@@ -200,6 +200,7 @@ async def _fraction(config: RoomConfig, args: argparse.Namespace, workdir: Path,
             imaging_period_s=devices.imaging.poll_period_ms / 1000,
             deadline_s=limits.cycle_deadline_ms / 1000,
             max_consecutive_overruns=limits.max_consecutive_overruns,
+            max_step_interval_s=step_interval_s(params),
         )
         record_to = recording_path(args, config, plan_id)
         if record_to is not None:
@@ -332,6 +333,7 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth: Truth, saf
         "safe_state_confirmed": safe,
         "controller": {
             "cycles": stats.cycles,
+            "steps": stats.steps,
             "cycle_p50_ms": round(stats.percentile_ms(0.50), 3),
             "cycle_p99_ms": round(stats.percentile_ms(0.99), 3),
             "overruns": stats.overruns,

@@ -31,7 +31,7 @@ from syncctl.bus import ROLES, Ack, Bus, CredentialsError, Users, UsersFileError
 from syncctl.cli.logs import quiet_library_logs
 from syncctl.cli.scheduling import add_rt_priority_option, apply_rt_priority
 from syncctl.config import ConfigError, RoomConfig, config_hash, load_room
-from syncctl.controller import Controller, ControllerReport
+from syncctl.controller import Controller, ControllerReport, step_interval_s
 from syncctl.controller.loop import run as run_loop
 from syncctl.core import Command, CommandKind, EventKind
 from syncctl.devices import BeamGateClient, ImagingClient
@@ -92,6 +92,13 @@ def audit_path(arg: str | None, config: RoomConfig) -> Path:
     return Path(arg) if arg else Path("audit") / f"{config.room.room.id}.sqlite"
 
 
+def describe_steps(controller: Controller) -> str:
+    """How many cycles the core stepped in (the others: nothing but time moved)."""
+    cycles, steps = controller.stats.cycles, controller.stats.steps
+    share = f" ({100 * steps / cycles:.1f} %)" if cycles else ""
+    return f"controller: {cycles} cycles, core stepped in {steps}{share}"
+
+
 def print_ack(ack: Ack) -> None:
     """What the core answers is printed as its event; the service's own refusals here."""
     if ack.result in ("unauthorised", "invalid"):
@@ -124,6 +131,7 @@ async def _run_room(args: argparse.Namespace, config: RoomConfig, users: Users, 
         imaging_period_s=devices.imaging.poll_period_ms / 1000,
         deadline_s=limits.cycle_deadline_ms / 1000,
         max_consecutive_overruns=limits.max_consecutive_overruns,
+        max_step_interval_s=step_interval_s(params),
     )
     recording: FractionRecorder | None = None
     if not args.no_record:
@@ -205,6 +213,7 @@ async def _run_room(args: argparse.Namespace, config: RoomConfig, users: Users, 
             stats = recording.close()
             print(f"recorded {stats.steps} steps to {stats.path}"
                   + (f" ({stats.dropped} DROPPED)" if stats.dropped else ""), flush=True)
+    print(describe_steps(controller), flush=True)
     print("safe state confirmed by readback" if safe
           else "SAFE STATE NOT CONFIRMED: check the devices", flush=True)
     return 0 if safe else 1

@@ -39,7 +39,7 @@ from syncctl.cli.faults import FAULTS, Fault, parse_fault
 from syncctl.cli.simproc import SimulatorError, start_simulators
 from syncctl.config import ConfigError, RoomConfig, config_hash, encode, load_room
 from syncctl.config.backdoor import BackdoorLayout, load_backdoor_layout
-from syncctl.controller import Controller, ControllerReport
+from syncctl.controller import Controller, ControllerReport, step_interval_s
 from syncctl.core import (
     RULES,
     TERMINATION_REFUSAL,
@@ -543,14 +543,16 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
 
             beam_gate = BeamGateClient(runtime, clock=clock)
             imaging = ImagingClient(runtime, clock=clock)
+            params = config.to_core_params()
             controller = Controller(
-                config.to_core_params(), beam_gate, imaging,
+                params, beam_gate, imaging,
                 period_s=devices.beam_gate.poll_period_ms / 1000,
                 imaging_period_s=devices.imaging.poll_period_ms / 1000,
                 deadline_s=limits.cycle_deadline_ms / 1000,
                 max_consecutive_overruns=limits.max_consecutive_overruns,
                 clock=clock,
                 rules=rules,
+                max_step_interval_s=step_interval_s(params),  # test what ships
             )
             audit = AuditListener(trail, config.room.room.id)
             audit.record_config(config)

@@ -4,6 +4,7 @@ SIGTERM that must end with the safe state confirmed by readback and exit 0."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -63,6 +64,9 @@ def test_run_ends_safe_on_a_signal(tmp_path: Path, sig: signal.Signals) -> None:
             assert proc.returncode == 0, output
             assert "safe state confirmed by readback" in output
             assert "Traceback" not in output
+            assert re.search(r"controller: \d+ cycles, core stepped in \d+ \([\d.]+ %\); "
+                             r"\d+ imaging polls, \d+ cycles run at once for a new frame",
+                             output), output
             assert f"to {tmp_path / 'session.fraction.jsonl.gz'}" in output
             replayed = subprocess.run(
                 [sys.executable, "-m", "syncctl", "replay",

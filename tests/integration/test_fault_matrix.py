@@ -409,7 +409,8 @@ async def run_case(room: Room, mode: Mode, fault_name: str, expect: Expect,
         params = config.to_core_params()
         controller = Controller(params, beam_gate, imaging,
                                 deadline_s=0.05, max_consecutive_overruns=20,
-                                max_step_interval_s=step_interval_s(params))
+                                max_step_interval_s=step_interval_s(params),
+                                frame_period_s=1.0 / config.room.devices.imaging.frame_rate_fps)
         audit = AuditListener(trail, config.room.room.id)
         audit.record_config(config)
         driver = Driver(controller, PLAN, Mode.TREATING if mode is Mode.HOLD else mode)

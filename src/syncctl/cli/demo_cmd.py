@@ -201,6 +201,7 @@ async def _fraction(config: RoomConfig, args: argparse.Namespace, workdir: Path,
             deadline_s=limits.cycle_deadline_ms / 1000,
             max_consecutive_overruns=limits.max_consecutive_overruns,
             max_step_interval_s=step_interval_s(params),
+            frame_period_s=1.0 / devices.imaging.frame_rate_fps,
         )
         record_to = recording_path(args, config, plan_id)
         if record_to is not None:
@@ -334,6 +335,8 @@ def summarise(config: RoomConfig, plan_id: str, rec: Recorder, truth: Truth, saf
         "controller": {
             "cycles": stats.cycles,
             "steps": stats.steps,
+            "imaging_polls": stats.imaging_polls,
+            "frame_wakes": stats.frame_wakes,
             "cycle_p50_ms": round(stats.percentile_ms(0.50), 3),
             "cycle_p99_ms": round(stats.percentile_ms(0.99), 3),
             "overruns": stats.overruns,

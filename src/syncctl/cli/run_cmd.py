@@ -93,10 +93,12 @@ def audit_path(arg: str | None, config: RoomConfig) -> Path:
 
 
 def describe_steps(controller: Controller) -> str:
-    """How many cycles the core stepped in (the others: nothing but time moved)."""
-    cycles, steps = controller.stats.cycles, controller.stats.steps
-    share = f" ({100 * steps / cycles:.1f} %)" if cycles else ""
-    return f"controller: {cycles} cycles, core stepped in {steps}{share}"
+    """How many cycles the core stepped in (the others: nothing but time moved), and how
+    many ran early for a new frame."""
+    s = controller.stats
+    share = f" ({100 * s.steps / s.cycles:.1f} %)" if s.cycles else ""
+    return (f"controller: {s.cycles} cycles, core stepped in {s.steps}{share}; "
+            f"{s.imaging_polls} imaging polls, {s.frame_wakes} cycles run at once for a new frame")
 
 
 def print_ack(ack: Ack) -> None:
@@ -132,6 +134,7 @@ async def _run_room(args: argparse.Namespace, config: RoomConfig, users: Users, 
         deadline_s=limits.cycle_deadline_ms / 1000,
         max_consecutive_overruns=limits.max_consecutive_overruns,
         max_step_interval_s=step_interval_s(params),
+        frame_period_s=1.0 / devices.imaging.frame_rate_fps,
     )
     recording: FractionRecorder | None = None
     if not args.no_record:

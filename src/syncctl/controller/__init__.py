@@ -13,6 +13,7 @@ from syncctl.controller.controller import (
     ImagingPort,
     step_interval_s,
 )
+from syncctl.controller.frames import FramePoller
 
-__all__ = ["BeamGatePort", "Controller", "ControllerReport", "CycleStats", "ImagingPort",
-           "step_interval_s"]
+__all__ = ["BeamGatePort", "Controller", "ControllerReport", "CycleStats", "FramePoller",
+           "ImagingPort", "step_interval_s"]

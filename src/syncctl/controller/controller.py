@@ -6,8 +6,11 @@ Two tasks share the work, because the two devices live on different lines:
   reading, call the pure step, write the gate when its command changes, write the heartbeat
   when the step says one is due, perform device actions, tell the listeners;
 - the **imaging task**: the imaging controller sits on a half-duplex serial line, so one task
-  owns it. It polls at its own period and writes the X-ray command the moment the cycle changes
-  it (an Event wakes it), and the heartbeat.
+  owns it. It polls at its own period, and closely around the moment the next frame is due
+  (:class:`syncctl.controller.frames.FramePoller`, when ``frame_period_s`` is given); it writes
+  the X-ray command the moment the cycle changes it (an Event wakes it), and the heartbeat.
+  A poll that brings a new frame wakes the cycle at once, so that the frame is judged without
+  waiting for the cycle's next turn.
 
 Stepping only on change: with ``max_step_interval_s`` > 0, a cycle whose snapshot differs
 from the one last stepped only in its clocks and read times
@@ -54,6 +57,8 @@ from syncctl.core import (
 )
 from syncctl.core.change import only_time_moved
 
+from .frames import FramePoller
+
 log = logging.getLogger("syncctl.controller")
 T = TypeVar("T")
 
@@ -91,6 +96,8 @@ class CycleStats:
     gate_writes: int = 0
     failed_writes: int = 0
     imaging_polls: int = 0
+    frame_wakes: int = 0
+    """Cycles run early because the imaging task had just seen a new frame."""
     steps: int = 0
     """Cycles in which the core stepped (the others were skipped: nothing but time moved)."""
 
@@ -156,6 +163,7 @@ class Controller:
         clock: Callable[[], float] = time.monotonic,
         rules: tuple[Rule, ...] = RULES,
         max_step_interval_s: float = 0.0,
+        frame_period_s: float = 0.0,
     ) -> None:
         """``rules`` is the interlock rule table handed to ``step``. It exists for QA's
         weakened-rule demonstration only (``syncctl.safety.runner``: a scenario run with one rule
@@ -164,6 +172,11 @@ class Controller:
         ``max_step_interval_s`` (0 to ``MAX_STEP_INTERVAL_S``): 0 steps the core every cycle;
         above 0, a cycle in which nothing but time moved is skipped unless the last step is at
         least that long ago. Production code passes ``step_interval_s(params)``.
+
+        ``frame_period_s`` (1 / the imaging frame rate; 0: off): poll the imaging controller
+        also where the next frame is due, not only every ``imaging_period_s``
+        (:class:`~syncctl.controller.frames.FramePoller`), and run a cycle as soon as a new
+        frame is read.
         """
         if not 0.0 <= max_step_interval_s <= MAX_STEP_INTERVAL_S:
             raise ValueError(
@@ -192,6 +205,8 @@ class Controller:
         self._imaging_heartbeat: int | None = None
         self._imaging_reset = False
         self._imaging_wake = asyncio.Event()
+        self.frames = FramePoller(imaging_period_s, frame_period_s)
+        self._cycle_waiter: asyncio.Future[bool] | None = None
         self._gate_session: int | None = None
         self._xray_session: int | None = None
 
@@ -224,6 +239,7 @@ class Controller:
 
     async def _cycle_loop(self, stop: asyncio.Event, imaging_task: asyncio.Task[None]) -> None:
         next_at = self.clock()
+        early = False
         while not stop.is_set():
             if imaging_task.done():
                 # The imaging task must never end on its own: treat it as a controller fault.
@@ -233,13 +249,33 @@ class Controller:
             await self.cycle()
             elapsed = self.clock() - started
             self._account(elapsed)
-            next_at += self.period_s
+            if not early:  # a cycle run early for a frame leaves the schedule as it was
+                next_at += self.period_s
             now = self.clock()
             # Fell behind: do not try to catch up with a burst. Ahead by more than a period
             # (the clock went backwards): do not wait for it either; the core judges the jump.
             if not now <= next_at <= now + self.period_s:
                 next_at = max(now, min(next_at, now + self.period_s))
-            await asyncio.sleep(max(0.0, next_at - now))
+            early = await self._pause(max(0.0, next_at - now))
+
+    async def _pause(self, delay_s: float) -> bool:
+        """Sleep ``delay_s`` like ``asyncio.sleep``, unless a new frame ends it earlier
+        (``_frame_arrived``). Returns whether it ended early."""
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        self._cycle_waiter = waiter
+        timer = loop.call_later(delay_s, _resolve, waiter, False)
+        try:
+            return await waiter
+        finally:
+            timer.cancel()
+            self._cycle_waiter = None
+
+    def _frame_arrived(self) -> None:
+        waiter = self._cycle_waiter
+        if waiter is not None and not waiter.done():
+            self.stats.frame_wakes += 1
+            waiter.set_result(True)
 
     def _account(self, elapsed: float) -> None:
         s = self.stats
@@ -358,11 +394,19 @@ class Controller:
                 self._imaging_reset = False
                 if not await im.reset_faults():
                     self.stats.failed_writes += 1
-            await im.poll()
+            polled_at = self.clock()
+            reading = await im.poll()
             self.stats.imaging_polls += 1
+            status = reading.status if reading.healthy else None
+            new_frame = self.frames.observe(
+                polled_at, None if status is None else status.frame_counter)
+            if new_frame and self.frames.frame_period_s > 0:
+                self._frame_arrived()
             self._imaging_wake.clear()
+            now = self.clock()
+            delay = self.frames.next_poll(now) - now
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.imaging_period_s):  # no task per wait
+                async with asyncio.timeout(max(0.0, delay)):  # no task per wait
                     await self._imaging_wake.wait()
 
     # -- the safe state ----------------------------------------------------------------------
@@ -394,6 +438,11 @@ class Controller:
             await asyncio.sleep(0.01)
         log.error("safe state NOT confirmed by readback within %.1f s", timeout_s)
         return False
+
+
+def _resolve(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 async def _best_effort(call: Awaitable[T]) -> T | None:

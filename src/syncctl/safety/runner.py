@@ -553,6 +553,7 @@ async def _run_in_room(scenario: Scenario, config: RoomConfig, workdir: Path,
                 clock=clock,
                 rules=rules,
                 max_step_interval_s=step_interval_s(params),  # test what ships
+                frame_period_s=1.0 / devices.imaging.frame_rate_fps,
             )
             audit = AuditListener(trail, config.room.room.id)
             audit.record_config(config)

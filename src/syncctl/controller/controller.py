@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from typing import Protocol, TypeVar
 
+from syncctl.controller.frames import FramePoller
 from syncctl.core import (
     RULES,
     BeamGateReading,
@@ -56,8 +57,6 @@ from syncctl.core import (
     step,
 )
 from syncctl.core.change import only_time_moved
-
-from .frames import FramePoller
 
 log = logging.getLogger("syncctl.controller")
 T = TypeVar("T")

@@ -136,8 +136,14 @@ def soak(fractions: int, fault_probability: float, seed: int, workdir: Path) -> 
                 time.sleep(0.5)
                 backdoor.clear()
                 faults[injected] = faults.get(injected, 0) + 1
-            end = ctl.wait_for("TREATING -> COMPLETE", "-> FAULT", "HOLD -> FAULT",
-                               timeout_s=FRACTION_TIMEOUT_S)
+            try:
+                end = ctl.wait_for("TREATING -> COMPLETE", "-> FAULT", "HOLD -> FAULT",
+                                   timeout_s=FRACTION_TIMEOUT_S)
+            except TimeoutError:
+                print(f"fraction {i + 1} STALLED (fault injected: {injected or 'none'}); the "
+                      f"recording and the simulator log are in {workdir} with --keep",
+                      file=sys.stderr, flush=True)
+                raise
             outcome = "COMPLETE" if "COMPLETE" in end else "FAULT"
             trip = next((line.strip() for line in reversed(ctl.seen) if line.startswith("trip")),
                         "") if outcome == "FAULT" else ""
@@ -178,9 +184,15 @@ def main() -> int:
     p.add_argument("--fault-probability", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--json", help="also write the result here")
+    p.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (the day's recording "
+                   "and the simulator log), instead of a temporary directory")
     args = p.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-soak-") as t:
-        result = soak(args.fractions, args.fault_probability, args.seed, Path(t))
+    if args.keep:
+        Path(args.keep).mkdir(parents=True, exist_ok=True)
+        result = soak(args.fractions, args.fault_probability, args.seed, Path(args.keep))
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-soak-") as t:
+            result = soak(args.fractions, args.fault_probability, args.seed, Path(t))
     emit({"benchmark": "soak", "machine": machine(), **result}, args.json)
     return 0
 

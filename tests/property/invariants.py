@@ -85,6 +85,9 @@ RESTART_AFTER_TRIP = (
 )
 RESTART_AFTER_END = (CommandKind.SELECT_PLAN, CommandKind.ARM, CommandKind.BEAM_ON)
 
+ORACLE_DOSE_EPSILON_MU = 1e-6
+"""The oracle's own copy of the specified dose comparison tolerance."""
+
 
 def elapsed(now: float, since: float | None) -> float:
     """The oracle's own age: unknown or future ``since`` reads as infinitely old."""
@@ -442,7 +445,9 @@ class History:
                            f"{plan.dose_preset} in this fraction")
         if plan is not None and bg is not None:
             dose = bg.dose_delivered_mu - plan.dose_baseline
-            if dose >= plan.plan.planned_dose_mu:
+            # The specification compares doses to within 1e-6 MU (a fraction dose is the
+            # difference of two decoded counter readings; docs/core.md, IL-014).
+            if dose >= plan.plan.planned_dose_mu - ORACLE_DOSE_EPSILON_MU:
                 t["IL-014"] = f"fraction dose {dose} >= {plan.plan.planned_dose_mu}"
             if dose > plan.plan.planned_dose_mu + p.dose_tolerance_mu:
                 t["IL-015"] = f"fraction dose {dose} beyond plan + tolerance"

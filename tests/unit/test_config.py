@@ -121,6 +121,22 @@ def test_preset_registers_coarser_than_the_dose_tolerance_are_refused(room_dir: 
     assert "coarser than limits.dose_tolerance_mu" in issue.message
 
 
+@pytest.mark.parametrize("dose", ["10.005", "0.001", "25.0001"])
+def test_a_plan_dose_that_is_not_whole_counts_is_refused(room_dir: Path, dose: str) -> None:
+    """The hardware preset is rounded to a 0.01 MU count: 10.005 MU would stop the beam at
+    10.00 or 10.01 MU, and a fraction that cannot reach its plan waits in TREATING for good."""
+    found = by_path(issues_of(variant(room_dir, ("planned_dose_mu: 10,",
+                                                 f"planned_dose_mu: {dose},"))))
+    assert "not a whole number of the dose counter's counts (0.01 MU)" in found[
+        "plans[0].planned_dose_mu"].message
+
+
+@pytest.mark.parametrize("dose", ["10.01", "0.01", "124.7", "9999.99"])
+def test_plan_doses_in_whole_counts_load(room_dir: Path, dose: str) -> None:
+    config = load_room(variant(room_dir, ("planned_dose_mu: 10,", f"planned_dose_mu: {dose},")))
+    assert config.room.plans[0].planned_dose_mu == float(dose)
+
+
 def test_sphere_window_converts(room_dir: Path) -> None:
     path = variant(room_dir, ("{shape: box, half_size_mm: [5, 5, 5]}",
                               "{shape: sphere, radius_mm: 4.5}"))

@@ -5,6 +5,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from syncctl.cli.docs_cmd import generated_docs
 from syncctl.core import (
@@ -18,7 +20,7 @@ from syncctl.core import (
     next_mode,
 )
 from syncctl.core.modes import NOT_ALLOWED, allowed_triggers, mermaid_state_diagram
-from syncctl.core.rules import Facts, active_rules
+from syncctl.core.rules import Facts, active_rules, dose_reached
 from syncctl.core.state import ActivePlan, initial_state, observe
 from syncctl.core.types import BeamGateReading, BeamGateStatus, ImagingReading
 from tests.unit.harness import PARAMS
@@ -131,6 +133,40 @@ def _preset_rules(mode: Mode, armed: bool | None, readback_mu: float) -> set[str
     obs = observe(state, BeamGateReading(status, 1.0, True), ImagingReading(None, None, False),
                   1.0, False)
     return {r.rule_id for r in active_rules(Facts(obs, state))} & {"IL-032", "IL-033"}
+
+
+def _dose_rules(baseline_raw: int, delivered_raw: int, planned_mu: float) -> set[str]:
+    """IL-014/IL-015 for counter readings given as raw 0.01 MU counts, decoded as the device
+    client decodes them (raw x scale)."""
+    delivered, baseline = delivered_raw * 0.01, baseline_raw * 0.01
+    status = BeamGateStatus(
+        gate_open_readback=False, ready=True, spill_active=True, chain_ok=True,
+        door_closed=True, estop_released=True, watchdog_tripped=False,
+        dose_delivered_mu=delivered, dose_preset_mu=baseline + planned_mu, fault_code=0,
+        heartbeat_echo=1)
+    plan = ActivePlan(replace(PARAMS.plans[0], planned_dose_mu=planned_mu), baseline, 0.0,
+                      baseline + planned_mu, True)
+    state = replace(initial_state(PARAMS, 0.0), mode=Mode.TREATING, plan=plan)
+    obs = observe(state, BeamGateReading(status, 1.0, True), ImagingReading(None, None, False),
+                  1.0, False)
+    return {r.rule_id for r in active_rules(Facts(obs, state))} & {"IL-014", "IL-015"}
+
+
+def test_the_planned_dose_is_reached_whatever_the_float_error_of_the_difference() -> None:
+    # The soak's stall: 134.7 - 124.7 is 9.999999999999986 in floats, and a plan of 10 MU
+    # was never reached while the firmware held the gate closed at its preset.
+    assert 134.7 - 124.7 < 10
+    assert _dose_rules(12470, 13470, 10.0) == {"IL-014"}
+    assert _dose_rules(12470, 13469, 10.0) == set()  # one count short: not yet
+
+
+@settings(max_examples=300)
+@given(baseline=st.integers(0, 10**9), planned=st.integers(1, 10**6))
+def test_property_a_plan_in_whole_counts_is_reached_exactly_at_its_count(
+        baseline: int, planned: int) -> None:
+    planned_mu = float(f"{planned / 100:.2f}")  # as a room file states it
+    assert dose_reached((baseline + planned) * 0.01 - baseline * 0.01, planned_mu)
+    assert not dose_reached((baseline + planned - 1) * 0.01 - baseline * 0.01, planned_mu)
 
 
 def test_dose_preset_rules_are_an_interruption_then_a_termination() -> None:

@@ -363,6 +363,29 @@ def _preset_resolution_problems(source: YamlSource, room: RoomFile,
                          "the preset read back could not show a limit beyond the tolerance")]
 
 
+def _plan_resolution_problems(source: YamlSource, room: RoomFile,
+                              maps: dict[str, RegisterMapFile]) -> list[ConfigIssue]:
+    """A plan's dose must be a whole number of counts of the dose counter and of the preset
+    registers. The hardware preset is the counter at selection plus the plan, rounded to a
+    count when it is written: 10.005 MU in 0.01 MU counts would stop the beam at 10.00 (the
+    fraction could never reach its plan, and would wait in TREATING for good) or at 10.01."""
+    regmap = maps.get("beam_gate")
+    if regmap is None:
+        return []
+    count = max(regmap.registers[name].scale
+                for name in ("dose_delivered", "dose_preset", "dose_preset_readback"))
+    issues = []
+    for i, plan in enumerate(room.plans):
+        counts = plan.planned_dose_mu / count
+        if abs(counts - round(counts)) > 1e-6:
+            issues.append(source.issue(
+                ("plans", i, "planned_dose_mu"),
+                f"{plan.planned_dose_mu:g} MU is not a whole number of the dose counter's "
+                f"counts ({count:g} MU): the hardware preset would be rounded to a count, and "
+                "the fraction would stop short of its plan or run past it"))
+    return issues
+
+
 def load_room(path: Path | str) -> RoomConfig:
     """Load, validate and cross-check a room file and the register maps it names.
 
@@ -385,6 +408,7 @@ def load_room(path: Path | str) -> RoomConfig:
     if room is not None and not issues:
         issues.extend(_settings_problems(source, room, maps))
         issues.extend(_preset_resolution_problems(source, room, maps))
+        issues.extend(_plan_resolution_problems(source, room, maps))
     if issues or room is None:
         raise ConfigError(issues)
     return RoomConfig(file, room, maps["beam_gate"], maps["imaging"])

@@ -51,6 +51,18 @@ FRACTION_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD, Mo
 """Modes with a plan selected: a termination here trips the fraction to FAULT."""
 DELIVERY_MODES = frozenset({Mode.TREATING, Mode.HOLD})
 ARMED_MODES = frozenset({Mode.SETUP, Mode.READY, Mode.TREATING, Mode.HOLD})
+
+DOSE_EPSILON_MU = 1e-6
+"""Doses are compared to within this much. The fraction dose is the difference of two
+counter readings decoded to floats (0.01 MU counts): 134.7 - 124.7 is 9.999999999999986,
+not 10, and a plan of 10 MU would never be reached while the firmware, at its preset,
+holds the gate closed for good (the soak's stall, docs/reliability.md). 1e-6 MU is far
+below any counter's resolution and far above that float error (about 1e-11 MU at 10^5 MU)."""
+
+
+def dose_reached(fraction_dose_mu: float, planned_dose_mu: float) -> bool:
+    """IL-014's comparison: the fraction dose is the plan's, to within ``DOSE_EPSILON_MU``."""
+    return fraction_dose_mu >= planned_dose_mu - DOSE_EPSILON_MU
 """Modes in which the selected plan's hardware dose preset must be armed (IL-032/IL-033): a
 plan is selected and the fraction can still go on to beam. Not COMPLETE: the fraction has
 ended and only a new selection (with a new preset) leads to beam again."""
@@ -196,7 +208,7 @@ def _xi_heartbeat(f: Facts) -> bool:
 def _dose_reached(f: Facts) -> bool:
     dose = f.fraction_dose_mu()
     plan = f.state.plan
-    return dose is not None and plan is not None and dose >= plan.plan.planned_dose_mu
+    return dose is not None and plan is not None and dose_reached(dose, plan.plan.planned_dose_mu)
 
 
 def _overdose(f: Facts) -> bool:

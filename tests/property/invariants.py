@@ -798,7 +798,12 @@ def inv04_restart_after_trip(
     out: Outputs,
     hist: History,
 ) -> str | None:
-    """After a trip, no gate OPEN before ACK, RESET, SELECT_PLAN, ARM, BEAM_ON in order."""
+    """After a trip, no gate OPEN before ACK, RESET, SELECT_PLAN, ARM, BEAM_ON in order; and
+    the first step of that order is checked where it happens: a RESET that leaves FAULT
+    before an ACKNOWLEDGE was accepted since the trip is a violation at once."""
+    if (prev.mode is Mode.FAULT and new.mode is not Mode.FAULT and command is not None
+            and command.kind is CommandKind.RESET and hist.trip_progress == 0):
+        return "RESET left FAULT before any ACKNOWLEDGE was accepted since the trip"
     if not _gate_open(out):
         return None
     post = hist.post(snapshot, out)

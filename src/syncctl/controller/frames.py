@@ -42,8 +42,6 @@ class FramePoller:
     last_poll_at: float | None = None
     expected_at: float | None = None
     """When the next frame is expected (None: not known)."""
-    frames_seen: int = 0
-    """Frames seen arriving (counter changes)."""
 
     def __post_init__(self) -> None:
         if not self.period_s > 0 or not self.step_s > 0 or not self.frame_period_s >= 0:
@@ -60,7 +58,6 @@ class FramePoller:
             self.counter = counter
             return False
         self.counter = counter
-        self.frames_seen += 1
         if self.frame_period_s > 0 and previous is not None and previous <= polled_at:
             self.expected_at = (previous + polled_at) / 2 + self.frame_period_s
         else:
